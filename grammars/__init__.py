@@ -1,0 +1,1 @@
+"""Lark grammars of the .mnas language (package data)."""

@@ -1,0 +1,1 @@
+"""Backends: each reads only the lowered layer list."""

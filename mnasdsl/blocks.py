@@ -1,0 +1,603 @@
+"""Block strings: the Lark grammar decodes them into elements, one builder validates them.
+
+Two front ends produce the same element list: the Lark LALR parser (the definition of what
+is valid) and a regex fast path for concrete strings (search loops parse millions). A
+hypothesis test proves they accept, reject and build exactly the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any, NamedTuple
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedInput
+
+from .diagnostics import DiagnosticSink, MnasError, Span
+from .ir import (
+    ACT_ALIASES,
+    ACTIVATIONS,
+    MAX_CHANNELS,
+    MAX_EXPANSION,
+    MAX_FACTOR,
+    MAX_KERNEL,
+    MAX_REPEATS,
+    OP_ALIASES,
+    Block,
+    Choice,
+    FieldValue,
+    Option,
+    SpaceBlock,
+)
+
+SKIP_FLAGS = {"noskip": "noskip", "pool": "pool", "id": "default"}
+FIELD_OF_KEY = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "i": "input", "o": "output",
+                "se": "se"}
+# Canonical field order: the TF spelling plus the extensions.
+FIELD_ORDER = ("op", "repeats", "repeats_delta", "kernel", "stride", "expansion", "input", "output",
+               "output_factor", "se", "skip", "act")
+_ORDER_INDEX = {f: i for i, f in enumerate(FIELD_ORDER)}
+MAX_DIGITS = 9
+
+
+class Val(NamedTuple):
+    text: str
+    span: Span
+
+
+class Elem(NamedTuple):
+    """One ``_``-separated element of a block string."""
+
+    key: str  # op | flag | r | k | s | e | i | o | se | group
+    form: str  # one | many | rel | scaled | group
+    vals: tuple[Val, ...]
+    base: Val | None
+    span: Span
+    frags: tuple[tuple["Elem", ...], ...] = ()
+
+
+@lru_cache(maxsize=None)
+def grammar_text(name: str) -> str:
+    return resources.files("mnasdsl.grammars").joinpath(name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def block_parser() -> Lark:
+    return Lark(grammar_text("block.lark"), parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Front end 1: Lark
+
+
+def _tok_span(tok: Token, line: int, col: int) -> Span:
+    c0 = col + (tok.column or 1) - 1
+    return Span(line, c0, line, c0 + len(tok))
+
+
+def _tree_span(tree: Tree, line: int, col: int) -> Span:
+    m = tree.meta
+    return Span(line, col + m.column - 1, line, col + m.end_column - 1)
+
+
+def _elems_from_tree(tree: Tree, line: int, col: int) -> tuple[Elem, ...]:
+    out = []
+    for child in tree.children:
+        out.append(_elem_from_tree(child, line, col))
+    return tuple(out)
+
+
+def _elem_from_tree(node: Tree, line: int, col: int) -> Elem:
+    span = _tree_span(node, line, col)
+    kind = node.data
+    if kind in ("op", "flag"):
+        tok = node.children[0]
+        return Elem(kind, "one", (Val(str(tok), _tok_span(tok, line, col)),), None, span)
+    if kind == "group":
+        frags = tuple(_elems_from_tree(frag, line, col) for frag in node.children)
+        return Elem("group", "group", (), None, span, frags)
+    val = node.children[0]
+    toks = [Val(str(t), _tok_span(t, line, col)) for t in val.children]
+    if val.data in ("one", "many"):
+        return Elem(str(kind), str(val.data), tuple(toks), None, span)
+    return Elem(str(kind), str(val.data), tuple(toks[1:]), toks[0], span)
+
+
+def elems_lark(text: str, line: int = 1, col: int = 1) -> tuple[Elem, ...]:
+    """Decode with the grammar; raises MnasError with a diagnostic that points into ``text``."""
+    try:
+        tree = block_parser().parse(text)
+    except UnexpectedInput as e:
+        raise MnasError(_syntax_diagnostic(text, e, line, col)) from None
+    return _elems_from_tree(tree, line, col)
+
+
+_KEY_DESC = {
+    "r": "a repeat count (r2), a set (r{1,2}) or a relative set (r3{-1,0,+1})",
+    "k": "an odd kernel size (k3) or a set (k{3,5})",
+    "s": "a stride such as s11, s22, s12 or s2",
+    "e": "an expansion ratio such as e6 or e2.5",
+    "i": "an input channel count such as i16",
+    "o": "an output channel count (o24), a scaled count (o24x0.75) or a relative set (o24x{0.75,1})",
+    "se": "a squeeze-excitation ratio such as se0.25",
+}
+_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|mb|ds|cv|ir|cn|se|r|k|s|e|i|o)(.*)$")
+
+
+def _split_top(text: str) -> list[tuple[int, str]]:
+    """Split at top-level underscores, remembering each field's 0-based start."""
+    out, depth, start = [], 0, 0
+    for j, ch in enumerate(text):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(0, depth - 1)
+        elif ch == "_" and depth == 0:
+            out.append((start, text[start:j]))
+            start = j + 1
+    out.append((start, text[start:]))
+    return out
+
+
+def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> Any:
+    from .diagnostics import Diagnostic
+
+    pos = getattr(e, "pos_in_stream", None)
+    if pos is None:
+        tok = getattr(e, "token", None)
+        pos = getattr(tok, "start_pos", None)
+    if pos is None or pos > len(text):
+        pos = len(text)
+    if not text:
+        return Diagnostic("empty block string", Span(line, col, line, col + 1))
+    for start, field in _split_top(text):
+        if start <= pos <= start + len(field):
+            span = Span(line, col + start, line, col + start + max(1, len(field)))
+            if not field:
+                return Diagnostic("empty field in block string (an extra `_`?)", span)
+            if field.startswith("{"):
+                return Diagnostic(f"malformed choice `{field}`: expected `{{alt,alt,...}}`, each alternative "
+                                  "being fields joined by `_`, with no spaces", span)
+            m = _FIELD_RE.match(field)
+            if m and m.group(1) in _KEY_DESC:
+                key = m.group(1)
+                return Diagnostic(f"malformed value in `{field}`: `{key}` takes {_KEY_DESC[key]}", span)
+            if m and not m.group(2):
+                break
+            if m and m.group(1) in ("mb", "ds", "cv", "ir", "cn", "noskip", "pool", "id") | set(ACTIVATIONS):
+                return Diagnostic(f"unknown field `{field}` (did you forget a `_` after `{m.group(1)}`?)", span)
+            return Diagnostic(
+                f"unknown field `{field}` in block string",
+                span,
+                notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, "
+                       "swish, hswish",),
+            )
+    c = col + min(pos, max(len(text) - 1, 0))
+    return Diagnostic(f"malformed block string `{text}`", Span(line, c, line, c + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Front end 2: the regex fast path (concrete strings only; anything else goes to Lark)
+
+_FAST_FIELD = re.compile(r"(?:(mb|ds|cv|ir|cn)|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw)"
+                         r"|(se|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
+_NUM = re.compile(r"[0-9]+(\.[0-9]+)?\Z|\.[0-9]+\Z")
+_DIG = re.compile(r"[0-9]+\Z")
+
+
+def elems_fast(text: str, line: int = 1, col: int = 1) -> tuple[Elem, ...] | None:
+    """Decode a concrete block string without Lark; None means 'let the grammar decide'."""
+    if not text or "{" in text or "}" in text:
+        return None
+    out = []
+    pos = 0
+    for field in text.split("_"):
+        m = _FAST_FIELD.match(field)
+        if m is None:
+            return None
+        c0 = col + pos
+        span = Span(line, c0, line, c0 + len(field))
+        op, flag, key, value = m.groups()
+        if op or flag:
+            out.append(Elem("op" if op else "flag", "one", (Val(field, span),), None, span))
+        else:
+            vstart = c0 + len(key)
+            if key == "o" and "x" in value:
+                base, _, factor = value.partition("x")
+                if not _DIG.match(base) or not _NUM.match(factor):
+                    return None
+                fstart = vstart + len(base) + 1
+                out.append(Elem("o", "scaled", (Val(factor, Span(line, fstart, line, fstart + len(factor))),),
+                                Val(base, Span(line, vstart, line, vstart + len(base))), span))
+            else:
+                if key in ("e", "se"):
+                    if not _NUM.match(value):
+                        return None
+                elif not _DIG.match(value):
+                    return None
+                out.append(Elem(key, "one", (Val(value, Span(line, vstart, line, c0 + len(field))),), None, span))
+        pos += len(field) + 1
+    return tuple(out)
+
+
+def decode_elems(text: str, line: int = 1, col: int = 1) -> tuple[Elem, ...]:
+    fast = elems_fast(text, line, col)
+    return fast if fast is not None else elems_lark(text, line, col)
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder: elements -> validated Block / SpaceBlock
+
+
+def _to_int(v: Val, sink: DiagnosticSink, what: str, lo: int, hi: int) -> int | None:
+    digits = v.text.lstrip("+-")
+    if len(digits) > MAX_DIGITS:
+        sink.error(f"{what} `{v.text}` is absurdly large (at most {hi})", v.span)
+        return None
+    n = int(v.text)
+    if not lo <= n <= hi:
+        sink.error(f"{what} must be between {lo} and {hi}, got {n}", v.span)
+        return None
+    return n
+
+
+def _to_float(v: Val, sink: DiagnosticSink, what: str, lo: float, hi: float, lo_open: bool = False) -> float | None:
+    if len(v.text) > 24:
+        sink.error(f"{what} `{v.text[:24]}...` is too long a number", v.span)
+        return None
+    x = float(v.text)
+    if x < lo or x > hi or (lo_open and x == lo):
+        bound = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
+        sink.error(f"{what} must be {bound} and at most {hi:g}, got {v.text}", v.span)
+        return None
+    return x
+
+
+def _value(key: str, v: Val, sink: DiagnosticSink) -> FieldValue | None:
+    """Convert and range-check one value; every rule reports at the value's own span."""
+    if key == "r":
+        return _to_int(v, sink, "repeats", 1, MAX_REPEATS)
+    if key == "k":
+        k = _to_int(v, sink, "kernel", 1, MAX_KERNEL)
+        if k is not None and k % 2 == 0:
+            sink.error(f"kernel must be odd, got {k}", v.span)
+            return None
+        return k
+    if key == "s":
+        t = v.text
+        if len(t) == 1:
+            t = t * 2
+        if len(t) != 2 or any(ch not in "12" for ch in t):
+            sink.error(f"stride must be 1 or 2 per axis (s11, s22, s12, s21, s1 or s2), got `s{v.text}`", v.span)
+            return None
+        return (int(t[0]), int(t[1]))
+    if key == "e":
+        return _to_float(v, sink, "expansion ratio", 1.0, MAX_EXPANSION)
+    if key in ("i", "o"):
+        return _to_int(v, sink, "input channels" if key == "i" else "output channels", 1, MAX_CHANNELS)
+    if key == "se":
+        return _to_float(v, sink, "squeeze-excitation ratio", 0.0, 1.0)
+    if key == "x":
+        return _to_float(v, sink, "filter factor", 0.0, MAX_FACTOR, lo_open=True)
+    if key == "dr":
+        digits = v.text.lstrip("+-")
+        if len(digits) > MAX_DIGITS:
+            sink.error(f"repeat offset `{v.text}` is absurdly large", v.span)
+            return None
+        return int(v.text)
+    raise AssertionError(key)
+
+
+def _simple(e: Elem, sink: DiagnosticSink) -> list[tuple[str, FieldValue | None, Span]]:
+    """Assignments of a non-choice element (op, flag, key=value, scaled output)."""
+    text = e.vals[0].text if e.vals else ""
+    if e.key == "op":
+        return [("op", OP_ALIASES.get(text, text), e.span)]
+    if e.key == "flag":
+        if text in SKIP_FLAGS:
+            return [("skip", SKIP_FLAGS[text], e.span)]
+        return [("act", ACT_ALIASES.get(text, text), e.span)]
+    if e.form == "scaled":
+        assert e.base is not None
+        return [("output", _value("o", e.base, sink), e.base.span),
+                ("output_factor", _value("x", e.vals[0], sink), e.vals[0].span)]
+    return [(FIELD_OF_KEY[e.key], _value(e.key, e.vals[0], sink), e.vals[0].span)]
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _label(e: Elem) -> str:
+    if e.key in ("op", "flag"):
+        return e.vals[0].text
+    if e.form == "scaled":
+        assert e.base is not None
+        return f"o{e.base.text}x{e.vals[0].text}"
+    return f"{e.key}{e.vals[0].text}"
+
+
+class RawBlock(NamedTuple):
+    """Builder output before it becomes a Block: fixed fields and decisions, with spans."""
+
+    fixed: dict[str, FieldValue]
+    spans: dict[str, Span]
+    choices: list[Choice]
+    ok: bool
+
+
+def collect(elems: tuple[Elem, ...], sink: DiagnosticSink, allow_choices: bool) -> RawBlock:
+    fixed: dict[str, FieldValue] = {}
+    spans: dict[str, Span] = {}
+    choices: list[Choice] = []
+    n0 = len(sink.items)
+    owner: dict[str, Span] = {}
+
+    def claim(field: str, span: Span) -> bool:
+        if field in owner:
+            prev = owner[field]
+            sink.error(f"duplicate field `{_FIELD_KEY.get(field, field)}` (already set at column {prev.col})", span)
+            return False
+        owner[field] = span
+        return True
+
+    for e in elems:
+        if e.form in ("one", "scaled"):
+            for field, value, span in _simple(e, sink):
+                if claim(field, span) and value is not None:
+                    fixed[field] = value
+                    spans[field] = span
+            continue
+        if not allow_choices:
+            sink.error("choices are only allowed inside a `space`, not in a `network`", e.span)
+            continue
+        if e.form == "many":
+            field = FIELD_OF_KEY[e.key]
+            opts = []
+            for v in e.vals:
+                value = _value(e.key, v, sink)
+                if value is not None:
+                    opts.append(Option(assign=((field, value),), label=f"{e.key}{v.text}", span=v.span))
+            _dedupe_check(opts, e.span, sink)
+            if claim(field, e.span):
+                choices.append(Choice(fields=(field,), options=tuple(opts), form="set", span=e.span))
+        elif e.form == "rel":
+            assert e.base is not None
+            if e.key == "r":
+                base = _value("r", e.base, sink)
+                if claim("repeats", e.base.span) and base is not None:
+                    fixed["repeats"] = base
+                    spans["repeats"] = e.base.span
+                opts = []
+                for v in e.vals:
+                    d = _value("dr", v, sink)
+                    if d is None:
+                        continue
+                    if base is not None and not 0 <= base + d <= MAX_REPEATS:
+                        sink.error(f"repeats {base}{int(d):+d} = {base + d} is outside 0..{MAX_REPEATS}", v.span)
+                        continue
+                    opts.append(Option(assign=(("repeats_delta", d),), label=f"{int(d):+d}", span=v.span))
+                _dedupe_check(opts, e.span, sink)
+                if claim("repeats_delta", e.span):
+                    choices.append(Choice(fields=("repeats_delta",), options=tuple(opts), form="rel", span=e.span))
+            else:
+                base = _value("o", e.base, sink)
+                if claim("output", e.base.span) and base is not None:
+                    fixed["output"] = base
+                    spans["output"] = e.base.span
+                opts = []
+                for v in e.vals:
+                    f = _value("x", v, sink)
+                    if f is not None:
+                        opts.append(Option(assign=(("output_factor", f),), label=_fmt_num(f), span=v.span))
+                _dedupe_check(opts, e.span, sink)
+                if claim("output_factor", e.span):
+                    choices.append(Choice(fields=("output_factor",), options=tuple(opts), form="rel", span=e.span))
+        else:  # joint group
+            opts = []
+            fields_set: list[str] = []
+            for frag in e.frags:
+                assign: list[tuple[str, FieldValue]] = []
+                seen: set[str] = set()
+                labels = []
+                bad = False
+                for fe in frag:
+                    if fe.form not in ("one", "scaled"):
+                        sink.error("choices cannot be nested inside `{...}`", fe.span)
+                        bad = True
+                        continue
+                    labels.append(_label(fe))
+                    for field, value, span in _simple(fe, sink):
+                        if field in seen:
+                            sink.error(f"duplicate field `{_FIELD_KEY.get(field, field)}` in one alternative", span)
+                            bad = True
+                        seen.add(field)
+                        if value is None:
+                            bad = True
+                        else:
+                            assign.append((field, value))
+                        if field not in fields_set:
+                            fields_set.append(field)
+                if not bad:
+                    fspan = Span(frag[0].span.line, frag[0].span.col, frag[-1].span.end_line, frag[-1].span.end_col)
+                    opts.append(Option(assign=tuple(sorted(assign, key=lambda a: _ORDER_INDEX[a[0]])),
+                                       label="_".join(labels), span=fspan))
+            _dedupe_check(opts, e.span, sink)
+            ok = all(claim(f, e.span) for f in fields_set)
+            if ok:
+                ordered = tuple(sorted(fields_set, key=lambda f: _ORDER_INDEX[f]))
+                choices.append(Choice(fields=ordered, options=tuple(opts), form="joint", span=e.span))
+    return RawBlock(fixed, spans, choices, len(sink.items) == n0)
+
+
+_FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "repeats_delta": "r"}
+
+
+def _dedupe_check(opts: list[Option], span: Span, sink: DiagnosticSink) -> None:
+    seen = set()
+    for o in opts:
+        if o.assign in seen:
+            sink.error(f"choice lists `{o.label}` twice", o.span or span)
+        seen.add(o.assign)
+    if len(opts) == 1 and False:
+        pass
+
+
+def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, span: Span | None,
+               sink: DiagnosticSink, role: str = "block") -> Block | None:
+    """Cross-field rules and defaults; ``role`` is block, stem or head."""
+    op = fields.get("op", "cv" if role != "block" else "mb")
+    spans = spans or {}
+    ok = True
+    if "kernel" not in fields:
+        sink.error(f"{role} string needs a kernel size (`k3`)", span)
+        ok = False
+    if "output" not in fields:
+        sink.error(f"{role} string needs output channels (`o24`)", span)
+        ok = False
+    e = float(fields.get("expansion", 1.0))
+    if op in ("ds", "cv") and e != 1.0:
+        sink.error(f"expansion `e{_fmt_num(e)}` has no meaning for a `{op}` block (only `mb` expands)",
+                   spans.get("expansion", span))
+        ok = False
+    if op == "mb" and e == 1.0:
+        op = "ds"  # TF's MBConv skips the expansion when e = 1: the same computation as ds.
+    if role != "block":
+        if op != "cv":
+            sink.error(f"the {role} is a regular convolution: write `cv_...`", spans.get("op", span))
+            ok = False
+        for f, key in (("expansion", "e"), ("input", "i"), ("se", "se"), ("skip", "noskip/pool/id"),
+                       ("repeats", "r"), ("output_factor", "x")):
+            if f in fields and not (f == "repeats" and fields[f] == 1) and not (f == "se" and fields[f] == 0):
+                sink.error(f"`{key}` is not allowed in the {role}", spans.get(f, span))
+                ok = False
+        if role == "head" and fields.get("stride", (1, 1)) != (1, 1):
+            sink.error("the head conv must have stride 1", spans.get("stride", span))
+            ok = False
+    if not ok:
+        return None
+    return Block.model_construct(
+        span=span,
+        spans=dict(spans),
+        op=op,
+        repeats=int(fields.get("repeats", 1)),  # type: ignore[arg-type]
+        kernel=int(fields["kernel"]),  # type: ignore[arg-type]
+        stride=fields.get("stride", (1, 1)),
+        expansion=e,
+        input=fields.get("input"),
+        output=int(fields["output"]),  # type: ignore[arg-type]
+        output_factor=float(fields.get("output_factor", 1.0)),  # type: ignore[arg-type]
+        se=float(fields.get("se", 0.0)),  # type: ignore[arg-type]
+        skip=fields.get("skip", "default"),
+        act=fields.get("act"),
+    )
+
+
+def build_block(elems: tuple[Elem, ...], span: Span | None, sink: DiagnosticSink, role: str = "block") -> Block | None:
+    raw = collect(elems, sink, allow_choices=False)
+    if not raw.ok:
+        return None
+    return make_block(raw.fixed, raw.spans, span, sink, role)
+
+
+def build_space_block(elems: tuple[Elem, ...], span: Span | None, sink: DiagnosticSink) -> SpaceBlock | None:
+    raw = collect(elems, sink, allow_choices=True)
+    if not raw.ok:
+        return None
+    if "input" in raw.fixed:
+        sink.error("`i` is not written in a space: input channels are always inferred", raw.spans.get("input", span))
+        return None
+    fixed = tuple(sorted(raw.fixed.items(), key=lambda kv: _ORDER_INDEX[kv[0]]))
+    choices = tuple(sorted(raw.choices, key=lambda c: _ORDER_INDEX[c.fields[0]]))
+    return SpaceBlock(fixed=fixed, choices=choices, span=span, spans=raw.spans)
+
+
+def parse_block(text: str) -> Block:
+    """Parse one concrete block string (API); raises MnasError on any problem."""
+    sink = DiagnosticSink()
+    block = build_block(decode_elems(text), Span(1, 1, 1, len(text) + 1), sink)
+    sink.raise_if_any(text)
+    assert block is not None
+    return block
+
+
+def parse_block_lark(text: str) -> Block:
+    """Same as :func:`parse_block` but always through the grammar (for equivalence tests)."""
+    sink = DiagnosticSink()
+    block = build_block(elems_lark(text), Span(1, 1, 1, len(text) + 1), sink)
+    sink.raise_if_any(text)
+    assert block is not None
+    return block
+
+
+def format_block(b: Block, role: str = "block") -> str:
+    """Canonical spelling: TF's field order plus the extensions; ``mb`` prefix and defaults omitted."""
+    parts: list[str] = []
+    if b.op != "mb" or role != "block":
+        parts.append(b.op)
+    if role == "block":
+        parts.append(f"r{b.repeats}")
+    parts.append(f"k{b.kernel}")
+    if role != "head" or b.stride != (1, 1):
+        parts.append(f"s{b.stride[0]}{b.stride[1]}")
+    if b.op == "mb":
+        parts.append(f"e{_fmt_num(b.expansion)}")
+    if b.input is not None:
+        parts.append(f"i{b.input}")
+    parts.append(f"o{b.output}" + (f"x{_fmt_num(b.output_factor)}" if b.output_factor != 1.0 else ""))
+    if b.se:
+        parts.append(f"se{_fmt_num(b.se)}")
+    if b.skip != "default":
+        parts.append(b.skip)
+    if b.act is not None:
+        parts.append(b.act)
+    return "_".join(parts)
+
+
+def _format_value(field: str, value: FieldValue) -> str:
+    if field == "op":
+        return str(value)
+    if field in ("skip", "act"):
+        return "id" if value == "default" else str(value)
+    if field == "stride":
+        assert isinstance(value, tuple)
+        return f"s{value[0]}{value[1]}"
+    key = _FIELD_KEY[field]
+    if field == "output_factor":
+        return _fmt_num(float(value))  # type: ignore[arg-type]
+    if field == "repeats_delta":
+        return f"{int(value):+d}"  # type: ignore[call-overload]
+    return f"{key}{_fmt_num(value) if isinstance(value, float) else value}"
+
+
+def format_space_block(sb: SpaceBlock) -> str:
+    fixed = dict(sb.fixed)
+    items: list[tuple[int, str]] = []
+    rel_fields = {c.fields[0] for c in sb.choices if c.form == "rel"}
+    for field, value in sb.fixed:
+        if field == "repeats" and "repeats_delta" in rel_fields:
+            continue
+        if field == "output" and "output_factor" in rel_fields:
+            continue
+        if field == "output_factor":
+            continue
+        text = _format_value(field, value)
+        if field == "output" and fixed.get("output_factor", 1.0) != 1.0:
+            text += "x" + _fmt_num(float(fixed["output_factor"]))  # type: ignore[arg-type]
+        items.append((_ORDER_INDEX[field], text))
+    for c in sb.choices:
+        if c.form == "rel" and c.fields[0] == "repeats_delta":
+            text = f"r{fixed['repeats']}{{" + ",".join(_format_value('repeats_delta', o.assign[0][1])
+                                                       for o in c.options) + "}"
+        elif c.form == "rel":
+            text = f"o{fixed['output']}x{{" + ",".join(_fmt_num(float(o.assign[0][1])) for o in c.options) + "}"
+        elif c.form == "set" and c.fields[0] not in ("op", "skip", "act"):
+            key = _FIELD_KEY[c.fields[0]]
+            text = key + "{" + ",".join(_format_value(c.fields[0], o.assign[0][1])[len(key):] for o in c.options) + "}"
+        else:
+            text = "{" + ",".join("_".join(_format_value(f, v) for f, v in o.assign) for o in c.options) + "}"
+        items.append((_ORDER_INDEX[c.fields[0]], text))
+    items.sort(key=lambda t: t[0])
+    return "_".join(t for _, t in items)

@@ -1,0 +1,129 @@
+"""Shared CLI plumbing: network options, loading with overrides, JSON output, error exits.
+
+Command modules expose ``register(subparsers)``; each command function takes the parsed
+arguments and returns an exit code. User errors are raised as MnasError (exit 1) or
+UsageError (exit 2) and rendered by ``main`` — never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..diagnostics import MnasError
+from ..ir import Network
+from ..parser import parse_units, read_source, select
+
+
+class UsageError(Exception):
+    """A bad command line (exit 2)."""
+
+
+def stdout_console() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def resolution_arg(text: str) -> int | tuple[int, int]:
+    try:
+        if "x" in text:
+            h, w = text.split("x", 1)
+            return (positive_int(h), positive_int(w))
+        return positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected R or HxW, got {text!r}") from None
+
+
+def add_network_args(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """The options every command that takes a network accepts."""
+    p.add_argument("--network", metavar="NAME", help="which network of a multi-network file")
+    p.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (replaces the file's)")
+    p.add_argument("--depth", type=positive_float, metavar="D", help="depth multiplier (replaces the file's)")
+    p.add_argument("--resolution", type=resolution_arg, metavar="R", help="input resolution R or HxW")
+    p.add_argument("--classes", type=positive_int, metavar="C", help="number of classes")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def load_network(args: argparse.Namespace, path: str | None = None) -> Network:
+    """Load the selected network of ``args.file`` and apply command-line overrides."""
+    path = path or args.file
+    text = read_source(path)
+    net = select(parse_units(text, path), getattr(args, "network", None), path, "network")
+    assert isinstance(net, Network)
+    return net.scaled(
+        width=getattr(args, "width", None),
+        depth=getattr(args, "depth", None),
+        resolution=getattr(args, "resolution", None),
+        classes=getattr(args, "classes", None),
+    )
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if p.exists():
+            os.chmod(tmp, p.stat().st_mode & 0o777)
+        os.replace(tmp, p)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None

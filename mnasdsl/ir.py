@@ -1,0 +1,241 @@
+"""The typed intermediate representation: frozen pydantic models for blocks, networks and spaces.
+
+Source spans ride along on every node so validation can point at the text, but they are
+excluded from equality, hashing and the JSON schema: two networks written differently but
+meaning the same thing compare equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .diagnostics import Span
+
+Op = Literal["mb", "ds", "cv"]
+Skip = Literal["default", "noskip", "pool"]
+Activation = Literal["relu", "relu6", "swish", "hswish"]
+Padding = Literal["same", "symmetric"]
+HeadMode = Literal["fixed", "scaled"]
+
+ACTIVATIONS: tuple[str, ...] = ("relu", "relu6", "swish", "hswish")
+ACT_ALIASES: dict[str, str] = {"nre": "relu", "nr6": "relu6", "nsw": "swish", "nhs": "hswish"}
+OP_ALIASES: dict[str, str] = {"ir": "mb", "cn": "cv"}
+
+# Sanity limits: reject absurd values with a message instead of a MemoryError later.
+MAX_CHANNELS = 32768
+MAX_RESOLUTION = 8192
+MAX_CLASSES = 1_000_000
+MAX_REPEATS = 64
+MAX_EXPANSION = 64.0
+MAX_KERNEL = 11
+MAX_FACTOR = 16.0
+MAX_MULTIPLIER = 16.0
+
+_NO_COMPARE = frozenset({"span", "spans"})
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+class Node(BaseModel):
+    """Frozen base; equality and hash ignore source spans."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+    spans: dict[str, Span] = Field(default_factory=dict, exclude=True, repr=False)
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(_freeze(v) for k, v in self.__dict__.items() if k not in _NO_COMPARE)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._key()))
+
+    def field_span(self, name: str) -> Span | None:
+        return self.spans.get(name, self.span)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # spans are not user data
+        schema = super().model_json_schema(*args, **kwargs)
+        _strip_spans(schema)
+        return schema
+
+
+def _strip_spans(schema: Any) -> None:
+    if isinstance(schema, dict):
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            props.pop("span", None)
+            props.pop("spans", None)
+        defs = schema.get("$defs")
+        if isinstance(defs, dict):
+            defs.pop("Span", None)
+        for v in schema.values():
+            _strip_spans(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            _strip_spans(v)
+
+
+class Block(Node):
+    """One block string: a stage of ``repeats`` identical layers (only the first strided)."""
+
+    op: Op = "mb"
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+    kernel: int = Field(ge=1, le=MAX_KERNEL)
+    stride: tuple[int, int] = (1, 1)
+    expansion: float = Field(1.0, ge=1.0, le=MAX_EXPANSION)
+    input: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    output: int = Field(ge=1, le=MAX_CHANNELS)
+    output_factor: float = Field(1.0, gt=0.0, le=MAX_FACTOR)
+    se: float = Field(0.0, ge=0.0, le=1.0)
+    skip: Skip = "default"
+    act: Activation | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Block":
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {self.kernel}")
+        if any(s not in (1, 2) for s in self.stride):
+            raise ValueError(f"stride must be 1 or 2 per axis, got {self.stride}")
+        if self.op == "mb" and self.expansion == 1.0:
+            raise ValueError("an `mb` block with expansion 1 is a `ds` block; use op='ds'")
+        if self.op != "mb" and self.expansion != 1.0:
+            raise ValueError(f"expansion has no meaning for a `{self.op}` block")
+        if round(self.output * self.output_factor) > MAX_CHANNELS:
+            raise ValueError("output channels too large")
+        return self
+
+
+class Network(Node):
+    """A concrete architecture: header settings, stem, blocks, head."""
+
+    name: str
+    input: tuple[int, int, int] = (224, 224, 3)
+    classes: int = Field(1000, ge=1, le=MAX_CLASSES)
+    width: float = Field(1.0, gt=0.0, le=MAX_MULTIPLIER)
+    depth: float = Field(1.0, gt=0.0, le=MAX_MULTIPLIER)
+    divisor: int = Field(8, ge=1, le=1024)
+    min_depth: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    bn_momentum: float = Field(0.99, ge=0.0, lt=1.0)
+    bn_eps: float = Field(1e-3, gt=0.0, le=1.0)
+    padding: Padding = "same"
+    activation: Activation = "relu"
+    stem: Block
+    blocks: tuple[Block, ...]
+    head: Block
+    head_mode: HeadMode = "fixed"
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Network":
+        h, w, c = self.input
+        for v in (h, w):
+            if not 1 <= v <= MAX_RESOLUTION:
+                raise ValueError(f"resolution must be between 1 and {MAX_RESOLUTION}, got {v}")
+        if not 1 <= c <= MAX_CHANNELS:
+            raise ValueError(f"input channels must be between 1 and {MAX_CHANNELS}, got {c}")
+        if not self.blocks:
+            raise ValueError("a network needs at least one block")
+        return self
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.input[0], self.input[1]
+
+    def scaled(
+        self,
+        *,
+        width: float | None = None,
+        depth: float | None = None,
+        resolution: int | tuple[int, int] | None = None,
+        classes: int | None = None,
+    ) -> "Network":
+        """Overrides replace the file's values (they never multiply them)."""
+        from .validate import check_overrides
+
+        check_overrides(width=width, depth=depth, resolution=resolution, classes=classes)
+        upd: dict[str, Any] = {}
+        if width is not None:
+            upd["width"] = float(width)
+        if depth is not None:
+            upd["depth"] = float(depth)
+        if resolution is not None:
+            hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+            upd["input"] = (int(hw[0]), int(hw[1]), self.input[2])
+        if classes is not None:
+            upd["classes"] = int(classes)
+        return self.model_copy(update=upd) if upd else self
+
+
+FieldValue = int | float | str | tuple[int, int]
+
+
+class Option(Node):
+    """One alternative of a decision: the block fields it sets, and its spelling."""
+
+    assign: tuple[tuple[str, FieldValue], ...]
+    label: str
+
+
+class Choice(Node):
+    """One decision of a search space (one controller token)."""
+
+    fields: tuple[str, ...]
+    options: tuple[Option, ...]
+    form: Literal["set", "joint", "rel"] = "set"
+
+
+class SpaceBlock(Node):
+    """A block whose fields may be decisions; ``fixed`` holds the ones that are not."""
+
+    fixed: tuple[tuple[str, FieldValue], ...]
+    choices: tuple[Choice, ...] = ()
+
+
+class SpaceDef(Node):
+    """A search space: a network header plus blocks with decisions."""
+
+    name: str
+    input: tuple[int, int, int] = (224, 224, 3)
+    classes: int = Field(1000, ge=1, le=MAX_CLASSES)
+    width: float = Field(1.0, gt=0.0, le=MAX_MULTIPLIER)
+    depth: float = Field(1.0, gt=0.0, le=MAX_MULTIPLIER)
+    divisor: int = Field(8, ge=1, le=1024)
+    min_depth: int | None = None
+    dropout: float = 0.2
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-3
+    padding: Padding = "same"
+    activation: Activation = "relu"
+    stem: Block
+    blocks: tuple[SpaceBlock, ...]
+    head: Block
+    head_mode: HeadMode = "fixed"
+
+
+HEADER_FIELDS: tuple[str, ...] = (
+    "input",
+    "classes",
+    "width",
+    "depth",
+    "divisor",
+    "min_depth",
+    "dropout",
+    "bn_momentum",
+    "bn_eps",
+    "padding",
+    "activation",
+)

@@ -1,0 +1,140 @@
+"""Lowering: a validated Network (plus overrides) becomes the concrete layer list.
+
+Multipliers and rounding are applied, repeats expanded, only the first repeat strided, and
+every layer carries its input and output shape. Every backend (cost, Flax, latency) reads
+this and never the raw syntax.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+from .diagnostics import Diagnostic, MnasError
+from .ir import Block, Network
+from .rounding import expanded_channels, round_filters, round_repeats, se_channels
+
+LayerKind = Literal["stem", "block", "head", "classifier"]
+ResolvedSkip = Literal["none", "identity", "pool"]
+
+
+class Layer(NamedTuple):
+    """One concrete layer. ``mid`` is the width the depthwise conv and SE act on
+    (``cin`` for ds, ``cin*e`` for mb, ``cout`` for cv)."""
+
+    name: str
+    kind: LayerKind
+    op: str  # "cv" | "ds" | "mb" | "fc"
+    block: int  # index of the source block (-1 for stem/head/classifier)
+    repeat: int
+    in_shape: tuple[int, int, int]  # H, W, C
+    out_shape: tuple[int, int, int]
+    kernel: int
+    stride: tuple[int, int]
+    expansion: float
+    mid: int
+    se_ratio: float
+    se: int  # SE bottleneck channels, 0 when absent
+    skip: ResolvedSkip
+    pool_proj: bool  # pool skip needs a 1x1 conv + BN projection (channels differ)
+    act: str
+
+    def signature(self) -> tuple[object, ...]:
+        """What the layer computes, without naming: used for dedupe and latency tables."""
+        return (self.op, self.in_shape, self.out_shape, self.kernel, self.stride, self.expansion,
+                self.mid, self.se, self.skip, self.pool_proj, self.act)
+
+
+class LoweredNetwork(NamedTuple):
+    name: str
+    input_shape: tuple[int, int, int]
+    classes: int
+    dropout: float
+    bn_momentum: float
+    bn_eps: float
+    padding: str
+    layers: tuple[Layer, ...]
+
+    def signature(self) -> tuple[object, ...]:
+        """Two networks are the same network when this is equal."""
+        return (self.input_shape, self.classes, self.padding, tuple(layer.signature() for layer in self.layers))
+
+    @property
+    def blocks(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.kind == "block")
+
+
+def _out_hw(h: int, w: int, stride: tuple[int, int]) -> tuple[int, int]:
+    # SAME and symmetric (k//2) padding give ceil(H/s) for every odd kernel.
+    return -(-h // stride[0]), -(-w // stride[1])
+
+
+def lower(
+    network: Network,
+    *,
+    width: float | None = None,
+    depth: float | None = None,
+    resolution: int | tuple[int, int] | None = None,
+    classes: int | None = None,
+) -> LoweredNetwork:
+    """Turn a Network into concrete layers with shapes (overrides replace the file's values)."""
+    net = network.scaled(width=width, depth=depth, resolution=resolution, classes=classes)
+    w_mult, d_mult, div, mind = net.width, net.depth, net.divisor, net.min_depth
+    default_act = net.activation
+    h, w, c = net.input
+    layers: list[Layer] = []
+
+    stem = net.stem
+    cout = round_filters(stem.output, stem.output_factor, w_mult, div, mind)
+    oh, ow = _out_hw(h, w, stem.stride)
+    layers.append(Layer("stem", "stem", "cv", -1, 0, (h, w, c), (oh, ow, cout), stem.kernel, stem.stride,
+                        1.0, cout, 0.0, 0, "none", False, stem.act or default_act))
+    h, w, c = oh, ow, cout
+
+    for bi, blk in enumerate(net.blocks):
+        cout = round_filters(blk.output, blk.output_factor, w_mult, div, mind)
+        if blk.input is not None:
+            expect = round_filters(blk.input, 1.0, w_mult, div, mind)
+            if expect != c:
+                raise MnasError(Diagnostic(
+                    f"block {bi} declares {expect} input channels (i{blk.input}) but receives {c}",
+                    blk.field_span("input")))
+        act = blk.act or default_act
+        for r in range(round_repeats(blk.repeats, d_mult)):
+            stride = blk.stride if r == 0 else (1, 1)
+            cin = c
+            oh, ow = _out_hw(h, w, stride)
+            if blk.op == "mb":
+                mid = expanded_channels(cin, blk.expansion)
+            elif blk.op == "ds":
+                mid = cin
+            else:
+                mid = cout
+            same = stride == (1, 1) and cin == cout
+            if blk.skip == "default":
+                skip: ResolvedSkip = "identity" if same else "none"
+            elif blk.skip == "pool":
+                skip = "identity" if same else "pool"
+            else:
+                skip = "none"
+            layers.append(Layer(
+                f"blocks.{bi}.{r}", "block", blk.op, bi, r, (h, w, cin), (oh, ow, cout), blk.kernel, stride,
+                blk.expansion, mid, blk.se, se_channels(cin, blk.se), skip, skip == "pool" and cin != cout, act))
+            h, w, c = oh, ow, cout
+
+    head = net.head
+    if net.head_mode == "fixed":
+        hout = round_filters(head.output, head.output_factor, 1.0, div, mind)
+    else:
+        hout = round_filters(head.output, head.output_factor, max(1.0, w_mult), div, mind)
+    oh, ow = _out_hw(h, w, head.stride)
+    layers.append(Layer("head", "head", "cv", -1, 0, (h, w, c), (oh, ow, hout), head.kernel, head.stride,
+                        1.0, hout, 0.0, 0, "none", False, head.act or default_act))
+    h, w, c = oh, ow, hout
+    layers.append(Layer("classifier", "classifier", "fc", -1, 0, (h, w, c), (1, 1, net.classes), 1, (1, 1),
+                        1.0, c, 0.0, 0, "none", False, "none"))
+    return LoweredNetwork(net.name, net.input, net.classes, net.dropout, net.bn_momentum, net.bn_eps,
+                          net.padding, tuple(layers))
+
+
+def block_of(network: Network, layer: Layer) -> Block | None:
+    return network.blocks[layer.block] if layer.kind == "block" else None

@@ -1,0 +1,454 @@
+"""`.mnas` files: Lark parse into statements, then units, then validated Network / SpaceDef IR.
+
+All problems of a file are collected (syntax errors line by line, then every semantic rule)
+and raised together as one MnasError, so a user fixes a file in one round.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from .blocks import build_block, build_space_block, decode_elems, grammar_text
+from .diagnostics import Diagnostic, DiagnosticSink, MnasError, Span
+from .ir import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_MULTIPLIER,
+    MAX_RESOLUTION,
+    Block,
+    Network,
+    SpaceBlock,
+    SpaceDef,
+)
+from .rounding import round_filters
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+class Stmt(NamedTuple):
+    """One line of a file: what it says, where, and the spans of its parts."""
+
+    kind: str
+    args: tuple[Any, ...]
+    span: Span
+    arg_spans: tuple[Span, ...]
+
+
+class Unit(NamedTuple):
+    kind: str  # network | space
+    name: str
+    header: Stmt
+    stmts: tuple[Stmt, ...]
+
+
+@lru_cache(maxsize=None)
+def file_parser() -> Lark:
+    return Lark(grammar_text("mnas.lark"), parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+_TERM_DESC = {
+    "INT": "an integer",
+    "NUMBER": "a number",
+    "DIMS": "dimensions HxWxC (e.g. 224x224x3)",
+    "BLOCK": "a block string",
+    "NAME": "a name",
+    "KIND": "`network` or `space`",
+    "_NL": "end of line",
+    "$END": "end of file",
+    "PADDING": "`same` or `symmetric`",
+    "ACT": "an activation (relu, relu6, swish, hswish)",
+    "HEADMODE": "`fixed` or `scaled`",
+    "BN_KEY": "`momentum` or `eps`",
+    "COLON": "`:`",
+}
+
+
+def _describe_expected(expected: set[str] | frozenset[str]) -> str:
+    parser = file_parser()
+    names = []
+    for term in sorted(expected):
+        if term in _TERM_DESC:
+            names.append(_TERM_DESC[term])
+            continue
+        try:
+            pat = parser.get_terminal(term).pattern
+            names.append(f"`{pat.value}`")
+        except KeyError:
+            names.append(term)
+    names = sorted(set(names))
+    if len(names) > 6:
+        return "a setting (input, classes, width, depth, divisor, min_depth, dropout, bn, padding, activation, " \
+               "stem, head, blocks) or a block string"
+    return " or ".join(names)
+
+
+def _span_tok(tok: Token) -> Span:
+    return Span(tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1,
+                tok.end_column or ((tok.column or 1) + len(tok)))
+
+
+def _syntax_error(e: UnexpectedInput, text: str, line_no: int | None = None) -> Diagnostic:
+    if isinstance(e, UnexpectedCharacters):
+        line = line_no or e.line
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        return Diagnostic(f"unexpected character {ch!r}", Span(line, e.column, line, e.column + 1))
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        if tok.type in ("$END", "_NL"):
+            span = Span(line_no or tok.line or 1, tok.column or 1, line_no or tok.line or 1, (tok.column or 1) + 1)
+            return Diagnostic(f"unexpected end of line; expected {_describe_expected(e.expected)}", span)
+        span = _span_tok(tok)
+        if line_no:
+            span = Span(line_no, span.col, line_no, span.end_col)
+        return Diagnostic(f"unexpected `{tok}`; expected {_describe_expected(e.expected)}", span)
+    if isinstance(e, UnexpectedEOF):
+        return Diagnostic("unexpected end of file")
+    return Diagnostic(str(e))
+
+
+def _statements(text: str, sink: DiagnosticSink) -> list[Stmt]:
+    """Parse the whole file; on syntax errors reparse line by line to report every bad line."""
+    parser = file_parser()
+    try:
+        tree = parser.parse(text)
+        return [_stmt(t) for t in tree.children if isinstance(t, Tree)]
+    except UnexpectedInput:
+        pass
+    stmts: list[Stmt] = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            tree = parser.parse(line + "\n")
+        except UnexpectedInput as e:
+            sink.items.append(_syntax_error(e, line + "\n", i).with_path(sink.path))
+            continue
+        for t in tree.children:
+            if isinstance(t, Tree):
+                s = _stmt(t)
+                stmts.append(s._replace(
+                    span=Span(i, s.span.col, i, s.span.end_col),
+                    arg_spans=tuple(Span(i, a.col, i, a.end_col) for a in s.arg_spans)))
+    return stmts
+
+
+def _stmt(t: Tree) -> Stmt:
+    kind = str(t.data)
+    m = t.meta
+    span = Span(m.line, m.column, m.end_line, m.end_column)
+    toks: list[Token] = []
+    for c in t.children:
+        if isinstance(c, Token):
+            toks.append(c)
+        else:  # bn_opt
+            toks.extend(x for x in c.children if isinstance(x, Token))
+    return Stmt(kind, tuple(str(x) for x in toks), span, tuple(_span_tok(x) for x in toks))
+
+
+def statements_fast(text: str) -> list[Stmt] | None:
+    """A hand-written line splitter for the common case; None defers to the grammar."""
+    return None
+
+
+def units(text: str, sink: DiagnosticSink) -> list[Unit]:
+    stmts = _statements(text, sink)
+    out: list[Unit] = []
+    cur: list[Stmt] | None = None
+    header: Stmt | None = None
+    for s in stmts:
+        if s.kind == "header":
+            if header is not None and cur is not None:
+                out.append(Unit(header.args[0], header.args[1], header, tuple(cur)))
+            header, cur = s, []
+        elif cur is None:
+            sink.error("setting outside of a unit: start with `network NAME:` or `space NAME:`", s.span)
+        else:
+            cur.append(s)
+    if header is not None and cur is not None:
+        out.append(Unit(header.args[0], header.args[1], header, tuple(cur)))
+    return out
+
+
+def _num(text: str, span: Span, sink: DiagnosticSink, what: str, lo: float, hi: float,
+         lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> Any:
+    if len(text) > 24:
+        sink.error(f"{what} `{text[:24]}...` is absurdly long", span)
+        return None
+    try:
+        x: Any = int(text) if integer else float(text)
+    except ValueError:
+        sink.error(f"{what} must be {'an integer' if integer else 'a number'}, got `{text}`", span)
+        return None
+    if x != x or x in (float("inf"), float("-inf")):
+        sink.error(f"{what} must be finite, got `{text}`", span)
+        return None
+    if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
+        lo_s = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        hi_s = f"< {hi:g}" if hi_open else f"<= {hi:g}"
+        sink.error(f"{what} must be {lo_s} and {hi_s}, got {text}", span)
+        return None
+    return x
+
+
+_SETTING_NAMES = {
+    "input": "input", "classes": "classes", "width": "width", "depth": "depth", "divisor": "divisor",
+    "min_depth": "min_depth", "dropout": "dropout", "bn": "bn", "padding": "padding",
+    "activation": "activation", "stem": "stem", "head": "head", "blocks": "blocks",
+}
+
+
+def build_unit(unit: Unit, sink: DiagnosticSink) -> Network | SpaceDef | None:
+    is_space = unit.kind == "space"
+    n0 = len(sink.items)
+    fields: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    seen: dict[str, Span] = {}
+    blocks: list[Block | SpaceBlock | None] = []
+    block_spans: list[Span] = []
+    in_blocks = False
+    head_span: Span | None = None
+    for s in unit.stmts:
+        if s.kind != "block_line":
+            if s.kind in seen:
+                sink.error(f"duplicate `{_SETTING_NAMES[s.kind]}` (first given on line {seen[s.kind].line})", s.span)
+                continue
+            seen[s.kind] = s.span
+            in_blocks = s.kind == "blocks"
+        a, sp = s.args, s.arg_spans
+        if s.kind == "input":
+            parts = a[0].split("x")
+            if len(parts) == 2:
+                parts.append("3")
+            vals = []
+            for j, p in enumerate(parts):
+                lim = MAX_RESOLUTION if j < 2 else MAX_CHANNELS
+                what = ("height", "width", "channels")[j]
+                vals.append(_num(p, sp[0], sink, f"input {what}", 1, lim, integer=True))
+            if None not in vals:
+                fields["input"] = tuple(vals)
+                spans["input"] = sp[0]
+        elif s.kind in ("classes", "divisor", "min_depth"):
+            hi = {"classes": MAX_CLASSES, "divisor": 1024, "min_depth": MAX_CHANNELS}[s.kind]
+            v = _num(a[0], sp[0], sink, s.kind, 1, hi, integer=True)
+            if v is not None:
+                fields[s.kind] = v
+                spans[s.kind] = sp[0]
+        elif s.kind in ("width", "depth"):
+            v = _num(a[0], sp[0], sink, f"{s.kind} multiplier", 0, MAX_MULTIPLIER, lo_open=True)
+            if v is not None:
+                fields[s.kind] = v
+                spans[s.kind] = sp[0]
+        elif s.kind == "dropout":
+            v = _num(a[0], sp[0], sink, "dropout", 0, 1, hi_open=True)
+            if v is not None:
+                fields["dropout"] = v
+                spans["dropout"] = sp[0]
+        elif s.kind == "bn":
+            got: set[str] = set()
+            for j in range(0, len(a), 2):
+                key, val = a[j], a[j + 1]
+                if key in got:
+                    sink.error(f"duplicate `bn {key}`", sp[j])
+                    continue
+                got.add(key)
+                if key == "momentum":
+                    v = _num(val, sp[j + 1], sink, "bn momentum", 0, 1, hi_open=True)
+                    if v is not None:
+                        fields["bn_momentum"] = v
+                        spans["bn_momentum"] = sp[j + 1]
+                else:
+                    v = _num(val, sp[j + 1], sink, "bn eps", 0, 1, lo_open=True)
+                    if v is not None:
+                        fields["bn_eps"] = v
+                        spans["bn_eps"] = sp[j + 1]
+        elif s.kind == "padding":
+            fields["padding"] = a[0]
+        elif s.kind == "activation":
+            fields["activation"] = a[0]
+        elif s.kind in ("stem", "head"):
+            try:
+                elems = decode_elems(a[0], sp[0].line, sp[0].col)
+            except MnasError as err:
+                sink.items.extend(d.with_path(sink.path) for d in err.diagnostics)
+                continue
+            blk = build_block(elems, sp[0], sink, role=s.kind)
+            if blk is not None:
+                fields[s.kind] = blk
+            if s.kind == "head":
+                head_span = sp[0]
+                if len(a) > 1:
+                    fields["head_mode"] = a[1]
+        if s.kind in ("blocks", "block_line"):
+            if s.kind == "block_line" and not in_blocks:
+                sink.error("block string outside a `blocks` section", s.span)
+                continue
+            for text, bsp in zip(a, sp):
+                try:
+                    elems = decode_elems(text, bsp.line, bsp.col)
+                except MnasError as err:
+                    sink.items.extend(d.with_path(sink.path) for d in err.diagnostics)
+                    blocks.append(None)
+                    block_spans.append(bsp)
+                    continue
+                if is_space:
+                    blocks.append(build_space_block(elems, bsp, sink))
+                else:
+                    blocks.append(build_block(elems, bsp, sink))
+                block_spans.append(bsp)
+    hs = unit.header.arg_spans[1] if len(unit.header.arg_spans) > 1 else unit.header.span
+    for req in ("stem", "blocks", "head"):
+        if req not in seen:
+            sink.error(f"{unit.kind} `{unit.name}` has no `{req}`", hs)
+    if "blocks" in seen and not blocks:
+        sink.error(f"{unit.kind} `{unit.name}` has an empty `blocks` section", seen["blocks"])
+    if len(sink.items) != n0:
+        return None
+    common = dict(name=unit.name, span=unit.header.span, spans=spans, blocks=tuple(blocks), **fields)
+    if is_space:
+        space = SpaceDef.model_construct(**_with_defaults(common))
+        _check_space(space, block_spans, sink)
+        return space if len(sink.items) == n0 else None
+    net = Network.model_construct(**_with_defaults(common))
+    _check_channels(net, sink)
+    del head_span
+    return net if len(sink.items) == n0 else None
+
+
+_DEFAULTS: dict[str, Any] = dict(
+    input=(224, 224, 3), classes=1000, width=1.0, depth=1.0, divisor=8, min_depth=None, dropout=0.2,
+    bn_momentum=0.99, bn_eps=1e-3, padding="same", activation="relu", head_mode="fixed",
+)
+
+
+def _with_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    out = dict(_DEFAULTS)
+    out.update(fields)
+    return out
+
+
+def _check_channels(net: Network, sink: DiagnosticSink) -> None:
+    """A block's explicit ``i`` must equal the channels it actually receives."""
+    w, div, mind = net.width, net.divisor, net.min_depth
+    c = round_filters(net.stem.output, net.stem.output_factor, w, div, mind)
+    prev = "the stem"
+    for bi, b in enumerate(net.blocks):
+        if b.input is not None:
+            declared = round_filters(b.input, 1.0, w, div, mind)
+            if declared != c:
+                sink.error(f"block {bi} declares i{b.input} ({declared} channels) but receives {c} channels "
+                           f"from {prev}", b.field_span("input"))
+        c = round_filters(b.output, b.output_factor, w, div, mind)
+        prev = f"block {bi}"
+
+
+def _check_space(space: SpaceDef, block_spans: list[Span], sink: DiagnosticSink) -> None:
+    from .space import check_space_blocks
+
+    check_space_blocks(space, block_spans, sink)
+
+
+def read_source(path: str | Path) -> str:
+    """Read a spec file as text; unreadable, binary or oversized files are user errors."""
+    p = Path(path)
+    name = str(path)
+    try:
+        if p.is_dir():
+            raise MnasError(Diagnostic("is a directory, not a .mnas file", path=name))
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise MnasError(Diagnostic("no such file", path=name)) from None
+    except PermissionError:
+        raise MnasError(Diagnostic("permission denied", path=name)) from None
+    except OSError as e:
+        raise MnasError(Diagnostic(f"cannot read file: {e.strerror or e}", path=name)) from None
+    return decode_source(data, name)
+
+
+def decode_source(data: bytes, path: str | None = None) -> str:
+    if len(data) > MAX_FILE_BYTES:
+        raise MnasError(Diagnostic(f"file is {len(data)} bytes; spec files are limited to {MAX_FILE_BYTES}",
+                                   path=path))
+    if b"\x00" in data:
+        off = data.index(b"\x00")
+        line = data.count(b"\n", 0, off) + 1
+        col = off - (data.rfind(b"\n", 0, off) + 1) + 1
+        raise MnasError(Diagnostic("binary file: NUL byte found (not a .mnas text file)",
+                                   Span(line, col, line, col + 1), path=path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise MnasError(Diagnostic(f"file is not valid UTF-8 (byte 0x{data[e.start]:02x})",
+                                   Span(line, col, line, col + 1), path=path)) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def parse_units(text: str, path: str | None = None) -> list[Network | SpaceDef]:
+    """Parse every unit of a source text; all diagnostics raised together."""
+    sink = DiagnosticSink(path)
+    src = text if text.endswith("\n") else text + "\n"
+    if not src.strip():
+        sink.error("empty file: expected `network NAME:` or `space NAME:`", Span(1, 1, 1, 2))
+        sink.raise_if_any(text)
+    us = units(src, sink)
+    if not us and not sink:
+        sink.error("no `network NAME:` or `space NAME:` in file", Span(1, 1, 1, 2))
+    names: dict[str, Span] = {}
+    out: list[Network | SpaceDef] = []
+    for u in us:
+        if u.name in names:
+            sink.error(f"duplicate unit name `{u.name}` (first defined on line {names[u.name].line})",
+                       u.header.arg_spans[1])
+        names[u.name] = u.header.span
+        x = build_unit(u, sink)
+        if x is not None:
+            out.append(x)
+    sink.raise_if_any(text)
+    return out
+
+
+def parse(text: str, path: str | None = None) -> list[Network | SpaceDef]:
+    """Public API: all networks and spaces of a text."""
+    return parse_units(text, path)
+
+
+def select(units_: list[Network | SpaceDef], network: str | None, path: str | None, want: str = "network"
+           ) -> Network | SpaceDef:
+    """Pick one unit by name; several without a name is an error listing them."""
+    cls = Network if want == "network" else SpaceDef
+    cands = [u for u in units_ if isinstance(u, cls)]
+    if network is not None:
+        for u in cands:
+            if u.name == network:
+                return u
+        names = ", ".join(u.name for u in cands) or "none"
+        raise MnasError(Diagnostic(f"no {want} named `{network}` (this file has: {names})", path=path))
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        other = "space" if want == "network" else "network"
+        hint = f"; it holds a {other} — use the command for {other}s" if units_ else ""
+        raise MnasError(Diagnostic(f"file has no {want}{hint}", path=path))
+    names = ", ".join(u.name for u in cands)
+    raise MnasError(Diagnostic(f"file holds several {want}s ({names}); choose one with --network NAME", path=path))
+
+
+def load(path: str | Path, network: str | None = None) -> Network:
+    """Load one network from a file (``network`` names it when the file holds several)."""
+    text = read_source(path)
+    net = select(parse_units(text, str(path)), network, str(path), "network")
+    assert isinstance(net, Network)
+    return net
+
+
+def load_all(path: str | Path) -> tuple[str, list[Network | SpaceDef]]:
+    text = read_source(path)
+    return text, parse_units(text, str(path))

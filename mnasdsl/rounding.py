@@ -1,0 +1,41 @@
+"""Channel and repeat rounding, exactly as the TF TPU MnasNet reference does it."""
+
+from __future__ import annotations
+
+import math
+
+
+def round_filters(
+    filters: int, factor: float = 1.0, width: float = 1.0, divisor: int = 8, min_depth: int | None = None
+) -> int:
+    """TF's ``round_filters``: scale, round to the nearest multiple of ``divisor`` (never below
+    ``min_depth``, never more than 10% below the scaled value).
+
+    As in TF, a product equal to the literal is not rounded at all (``o36`` stays 36 at width 1.0);
+    a relative filter ``o24x0.75`` is one product ``24 * 0.75 * width`` and one rounding.
+    """
+    product = filters * factor * width
+    if product == filters:
+        return filters
+    min_d = min_depth or divisor
+    new = max(min_d, int(product + divisor / 2) // divisor * divisor)
+    if new < 0.9 * product:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, depth: float = 1.0) -> int:
+    """TF's ``round_repeats``: ceil(depth * repeats); a tiny tolerance keeps 1.1*10 at 11."""
+    if depth == 1.0:
+        return repeats
+    return int(math.ceil(depth * repeats - 1e-9))
+
+
+def expanded_channels(cin: int, expansion: float) -> int:
+    """Channels after the 1x1 expansion: cin * e, rounded half up (exact for integer e)."""
+    return int(cin * expansion + 0.5)
+
+
+def se_channels(cin: int, ratio: float) -> int:
+    """SE bottleneck width from the block's *actual* input channels, as TF sizes it."""
+    return max(1, int(cin * ratio)) if ratio > 0 else 0
