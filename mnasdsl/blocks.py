@@ -8,7 +8,7 @@ hypothesis test proves they accept, reject and build exactly the same things.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -18,7 +18,6 @@ from lark.exceptions import UnexpectedInput
 from .diagnostics import DiagnosticSink, MnasError, Span
 from .ir import (
     ACT_ALIASES,
-    ACTIVATIONS,
     MAX_CHANNELS,
     MAX_EXPANSION,
     MAX_FACTOR,
@@ -55,15 +54,15 @@ class Elem(NamedTuple):
     vals: tuple[Val, ...]
     base: Val | None
     span: Span
-    frags: tuple[tuple["Elem", ...], ...] = ()
+    frags: tuple[tuple[Elem, ...], ...] = ()
 
 
-@lru_cache(maxsize=None)
+@cache
 def grammar_text(name: str) -> str:
     return resources.files("mnasdsl.grammars").joinpath(name).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def block_parser() -> Lark:
     return Lark(grammar_text("block.lark"), parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
@@ -152,30 +151,38 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
         pos = len(text)
     if not text:
         return Diagnostic("empty block string", Span(line, col, line, col + 1))
-    for start, field in _split_top(text):
-        if start <= pos <= start + len(field):
-            span = Span(line, col + start, line, col + start + max(1, len(field)))
-            if not field:
-                return Diagnostic("empty field in block string (an extra `_`?)", span)
-            if field.startswith("{"):
-                return Diagnostic(f"malformed choice `{field}`: expected `{{alt,alt,...}}`, each alternative "
-                                  "being fields joined by `_`, with no spaces", span)
-            m = _FIELD_RE.match(field)
-            if m and m.group(1) in _KEY_DESC:
-                key = m.group(1)
-                return Diagnostic(f"malformed value in `{field}`: `{key}` takes {_KEY_DESC[key]}", span)
-            if m and not m.group(2):
-                break
-            if m and m.group(1) in ("mb", "ds", "cv", "ir", "cn", "noskip", "pool", "id") | set(ACTIVATIONS):
-                return Diagnostic(f"unknown field `{field}` (did you forget a `_` after `{m.group(1)}`?)", span)
-            return Diagnostic(
-                f"unknown field `{field}` in block string",
-                span,
-                notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, "
-                       "swish, hswish",),
-            )
-    c = col + min(pos, max(len(text) - 1, 0))
-    return Diagnostic(f"malformed block string `{text}`", Span(line, c, line, c + 1))
+    fields = _split_top(text)
+    start, field = fields[-1]
+    for j, (st, f) in enumerate(fields):
+        if st <= pos <= st + len(f):
+            start, field = st, f
+            if pos == st + len(f) and j + 1 < len(fields) and not fields[j + 1][1]:
+                start, field = fields[j + 1]
+            break
+    span = Span(line, col + start, line, col + start + max(1, len(field)))
+    ws = next((j for j, ch in enumerate(field) if ch.isspace()), None)
+    if ws is not None:
+        c0 = col + start + ws
+        return Diagnostic("block strings cannot contain spaces", Span(line, c0, line, c0 + 1))
+    if not field:
+        return Diagnostic("empty field in block string (an extra `_`?)", span)
+    if field.startswith("{"):
+        return Diagnostic(f"malformed choice `{field}`: expected `{{alt,alt,...}}`, each alternative "
+                          "being fields joined by `_`, with no spaces", span)
+    m = _FIELD_RE.match(field)
+    if m and m.group(1) in _KEY_DESC:
+        key = m.group(1)
+        return Diagnostic(f"malformed value in `{field}`: `{key}` takes {_KEY_DESC[key]}", span)
+    if m and m.group(2):
+        return Diagnostic(f"unknown field `{field}` (did you forget a `_` after `{m.group(1)}`?)", span)
+    if m:
+        c0 = col + min(pos, max(len(text) - 1, 0))
+        return Diagnostic(f"malformed block string `{text}`", Span(line, c0, line, c0 + 1))
+    return Diagnostic(
+        f"unknown field `{field}` in block string",
+        span,
+        notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, swish, hswish",),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,21 +485,105 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
             ok = False
     if not ok:
         return None
-    return Block.model_construct(
-        span=span,
-        spans=dict(spans),
-        op=op,
-        repeats=int(fields.get("repeats", 1)),  # type: ignore[arg-type]
-        kernel=int(fields["kernel"]),  # type: ignore[arg-type]
-        stride=fields.get("stride", (1, 1)),
-        expansion=e,
-        input=fields.get("input"),
-        output=int(fields["output"]),  # type: ignore[arg-type]
-        output_factor=float(fields.get("output_factor", 1.0)),  # type: ignore[arg-type]
-        se=float(fields.get("se", 0.0)),  # type: ignore[arg-type]
-        skip=fields.get("skip", "default"),
-        act=fields.get("act"),
-    )
+    output = int(fields["output"])  # type: ignore[arg-type]
+    factor = float(fields.get("output_factor", 1.0))  # type: ignore[arg-type]
+    if round(output * factor) > MAX_CHANNELS:
+        sink.error(f"output channels {output} x {_fmt_num(factor)} exceed {MAX_CHANNELS}",
+                   spans.get("output_factor", span))
+        return None
+    return new_block(span, dict(spans), op, int(fields.get("repeats", 1)),  # type: ignore[arg-type]
+                     int(fields["kernel"]), fields.get("stride", (1, 1)), e,  # type: ignore[arg-type]
+                     fields.get("input"), output, factor, float(fields.get("se", 0.0)),  # type: ignore[arg-type]
+                     fields.get("skip", "default"), fields.get("act"))
+
+
+_BLOCK_FIELDS = tuple(Block.model_fields)
+_obj_setattr = object.__setattr__
+
+
+def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, kernel: int, stride: Any,
+              expansion: float, input: Any, output: int, output_factor: float, se: float, skip: Any,
+              act: Any) -> Block:
+    """Construct an already-validated Block without pydantic's per-field machinery (hot path)."""
+    b = Block.__new__(Block)
+    _obj_setattr(b, "__dict__", {
+        "span": span, "spans": spans, "op": op, "repeats": repeats, "kernel": kernel, "stride": stride,
+        "expansion": expansion, "input": input, "output": output, "output_factor": output_factor, "se": se,
+        "skip": skip, "act": act})
+    _obj_setattr(b, "__pydantic_fields_set__", set(_BLOCK_FIELDS))
+    _obj_setattr(b, "__pydantic_extra__", None)
+    _obj_setattr(b, "__pydantic_private__", None)
+    return b
+
+
+_NUMRE = r"[0-9]+(?:\.[0-9]+)?"
+_CANON = re.compile(
+    r"(?:(mb|ds|cv|ir|cn)_)?(?:r([0-9]{1,9})_)?k([0-9]{1,9})(?:_s([0-9]{1,2}))?(?:_e(" + _NUMRE + r"))?"
+    r"(?:_i([0-9]{1,9}))?_o([0-9]{1,9})(?:x(" + _NUMRE + r"))?(?:_se(" + _NUMRE + r"))?"
+    r"(?:_(noskip|pool|id))?(?:_(relu6|relu|hswish|swish|nre|nr6|nhs|nsw))?\Z")
+_STRIDES = {"1": (1, 1), "2": (2, 2), "11": (1, 1), "22": (2, 2), "12": (1, 2), "21": (2, 1)}
+_SKIPS = {None: "default", "id": "default", "noskip": "noskip", "pool": "pool"}
+
+
+def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block") -> Block | None:
+    """Concrete, valid, canonically ordered block strings in one regex; None defers to the
+    grammar (which also produces every diagnostic). Proven equivalent by a hypothesis test."""
+    m = _CANON.match(text)
+    if m is None:
+        return None
+    op, r, k, st, e, i, o, x, se, skip, act = m.groups()
+    if role != "block":
+        if (op not in (None, "cv", "cn") or (r is not None and r != "1") or e is not None or i is not None
+                or x is not None or se is not None or skip is not None
+                or (role == "head" and st not in (None, "1", "11"))):
+            return None
+        op = "cv"
+    repeats = int(r) if r else 1
+    kernel = int(k)
+    if not (1 <= repeats <= MAX_REPEATS and 1 <= kernel <= MAX_KERNEL and kernel % 2):
+        return None
+    stride = _STRIDES.get(st, None) if st is not None else (1, 1)
+    if stride is None:
+        return None
+    op = OP_ALIASES.get(op, op) if op else "mb"
+    exp = 1.0
+    if e is not None:
+        if len(e) > 24:
+            return None
+        exp = float(e)
+        if not 1.0 <= exp <= MAX_EXPANSION or (op != "mb" and exp != 1.0):
+            return None
+    if op == "mb" and exp == 1.0:
+        op = "ds"
+    cin = None
+    if i is not None:
+        cin = int(i)
+        if not 1 <= cin <= MAX_CHANNELS:
+            return None
+    out = int(o)
+    if not 1 <= out <= MAX_CHANNELS:
+        return None
+    factor = 1.0
+    if x is not None:
+        if len(x) > 24:
+            return None
+        factor = float(x)
+        if not 0.0 < factor <= MAX_FACTOR or round(out * factor) > MAX_CHANNELS:
+            return None
+    ratio = 0.0
+    if se is not None:
+        if len(se) > 24:
+            return None
+        ratio = float(se)
+        if ratio > 1.0:
+            return None
+    span = Span(line, col, line, col + len(text))
+    spans = {}
+    if cin is not None:
+        a = m.start(6)
+        spans["input"] = Span(line, col + a, line, col + m.end(6))
+    return new_block(span, spans, op, repeats, kernel, stride, exp, cin, out, factor, ratio, _SKIPS[skip],
+                     ACT_ALIASES.get(act, act) if act else None)
 
 
 def build_block(elems: tuple[Elem, ...], span: Span | None, sink: DiagnosticSink, role: str = "block") -> Block | None:
@@ -514,13 +605,37 @@ def build_space_block(elems: tuple[Elem, ...], span: Span | None, sink: Diagnost
     return SpaceBlock(fixed=fixed, choices=choices, span=span, spans=raw.spans)
 
 
+def block_from_text(text: str, span: Span, sink: DiagnosticSink, role: str = "block") -> Block | None:
+    """Fast path first (blocks only), then the grammar and the builder."""
+    b = fast_block(text, span.line, span.col, role)
+    if b is not None:
+        return b
+    try:
+        elems = decode_elems(text, span.line, span.col)
+    except MnasError as err:
+        sink.items.extend(d.with_path(sink.path) for d in err.diagnostics)
+        return None
+    return build_block(elems, span, sink, role)
+
+
 def parse_block(text: str) -> Block:
     """Parse one concrete block string (API); raises MnasError on any problem."""
+    if not isinstance(text, str):
+        raise MnasError(f"parse_block expects a string, got {type(text).__name__}")
+    b = fast_block(text)
+    if b is not None:
+        return b
     sink = DiagnosticSink()
     block = build_block(decode_elems(text), Span(1, 1, 1, len(text) + 1), sink)
     sink.raise_if_any(text)
     assert block is not None
     return block
+
+
+@lru_cache(maxsize=65536)
+def parse_block_cached(text: str) -> Block:
+    """Memoized :func:`parse_block` for loops that see the same strings again (Blocks are immutable)."""
+    return parse_block(text)
 
 
 def parse_block_lark(text: str) -> Block:

@@ -7,14 +7,14 @@ Every user-facing failure in mnasdsl is a :class:`MnasError` holding one or more
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal, NamedTuple
 
 Severity = Literal["error", "warning", "note"]
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """A 1-based source range; ``end_col`` is exclusive. Never part of IR equality."""
 
     line: int
@@ -22,7 +22,7 @@ class Span:
     end_line: int
     end_col: int
 
-    def shifted(self, line: int, col: int) -> "Span":
+    def shifted(self, line: int, col: int) -> Span:
         """Re-anchor a span measured inside a token that starts at (line, col)."""
         return Span(
             self.line + line - 1,
@@ -43,7 +43,7 @@ class Diagnostic:
     severity: Severity = "error"
     notes: tuple[str, ...] = ()
 
-    def with_path(self, path: str | None) -> "Diagnostic":
+    def with_path(self, path: str | None) -> Diagnostic:
         return Diagnostic(self.message, self.span, path, self.severity, self.notes)
 
     def header(self) -> str:

@@ -105,7 +105,7 @@ class Block(Node):
     act: Activation | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> "Block":
+    def _rules(self) -> Block:
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
         if any(s not in (1, 2) for s in self.stride):
@@ -140,7 +140,7 @@ class Network(Node):
     head_mode: HeadMode = "fixed"
 
     @model_validator(mode="after")
-    def _rules(self) -> "Network":
+    def _rules(self) -> Network:
         h, w, c = self.input
         for v in (h, w):
             if not 1 <= v <= MAX_RESOLUTION:
@@ -162,7 +162,7 @@ class Network(Node):
         depth: float | None = None,
         resolution: int | tuple[int, int] | None = None,
         classes: int | None = None,
-    ) -> "Network":
+    ) -> Network:
         """Overrides replace the file's values (they never multiply them)."""
         from .validate import check_overrides
 

@@ -6,14 +6,15 @@ and raised together as one MnasError, so a user fixes a file in one round.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import re
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from .blocks import build_block, build_space_block, decode_elems, grammar_text
+from .blocks import block_from_text, build_space_block, decode_elems, grammar_text
 from .diagnostics import Diagnostic, DiagnosticSink, MnasError, Span
 from .ir import (
     MAX_CHANNELS,
@@ -46,7 +47,7 @@ class Unit(NamedTuple):
     stmts: tuple[Stmt, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def file_parser() -> Lark:
     return Lark(grammar_text("mnas.lark"), parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
@@ -113,6 +114,9 @@ def _syntax_error(e: UnexpectedInput, text: str, line_no: int | None = None) -> 
 
 def _statements(text: str, sink: DiagnosticSink) -> list[Stmt]:
     """Parse the whole file; on syntax errors reparse line by line to report every bad line."""
+    fast = statements_fast(text)
+    if fast is not None:
+        return fast
     parser = file_parser()
     try:
         tree = parser.parse(text)
@@ -147,12 +151,91 @@ def _stmt(t: Tree) -> Stmt:
             toks.append(c)
         else:  # bn_opt
             toks.extend(x for x in c.children if isinstance(x, Token))
+    if kind not in ("header", "block_line"):
+        toks = toks[1:]  # the keyword itself
     return Stmt(kind, tuple(str(x) for x in toks), span, tuple(_span_tok(x) for x in toks))
 
 
+_KEYWORDS = frozenset({"input", "classes", "width", "depth", "divisor", "min_depth", "dropout", "bn", "padding",
+                       "activation", "stem", "head", "blocks"})
+_RE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_RE_DIMS = re.compile(r"[0-9]+x[0-9]+(x[0-9]+)?\Z")
+_RE_INT = re.compile(r"[+-]?[0-9]+\Z")
+_RE_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_RE_TOKEN = re.compile(r"[^ \t\f\r#]+")
+_RE_PLAIN_TEXT = re.compile(r"(?:[ -~\t\n]|\r(?=\n))*\Z")  # printable ASCII, tabs, newlines only
+_VALUE_RE = {"input": _RE_DIMS, "classes": _RE_INT, "divisor": _RE_INT, "min_depth": _RE_INT,
+             "width": _RE_NUMBER, "depth": _RE_NUMBER, "dropout": _RE_NUMBER}
+_ENUMS = {"padding": ("same", "symmetric"), "activation": ("relu6", "relu", "swish", "hswish")}
+
+
 def statements_fast(text: str) -> list[Stmt] | None:
-    """A hand-written line splitter for the common case; None defers to the grammar."""
-    return None
+    """A hand-written line reader for plain files; None defers to the grammar, which also
+    produces every diagnostic. A hypothesis test proves both give the same statements."""
+    if not _RE_PLAIN_TEXT.match(text):
+        return None
+    out: list[Stmt] = []
+    new_span = Span._make
+    ln = 0
+    for raw in text.split("\n"):
+        ln += 1
+        h = raw.find("#")
+        body = raw if h < 0 else raw[:h]
+        parts = body.split()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            t = parts[0]
+            c = body.index(t) + 1
+            toks = [(t, c)]
+            whole = new_span((ln, c, ln, c + len(t)))
+            spans: tuple[Span, ...] = (whole,)
+        else:
+            toks = []
+            pos = 0
+            for t in parts:
+                pos = body.index(t, pos)
+                toks.append((t, pos + 1))
+                pos += len(t)
+            spans = tuple([new_span((ln, c, ln, c + len(t))) for t, c in toks])
+            whole = new_span((ln, toks[0][1], ln, spans[-1][3]))
+        first = parts[0]
+        if first in ("network", "space"):
+            if len(toks) == 2 and toks[1][0].endswith(":") and _RE_NAME.match(toks[1][0][:-1]):
+                name = toks[1][0][:-1]
+                nsp = Span(ln, toks[1][1], ln, toks[1][1] + len(name))
+            elif len(toks) == 3 and toks[2][0] == ":" and _RE_NAME.match(toks[1][0]):
+                name, nsp = toks[1][0], spans[1]
+            else:
+                return None
+            out.append(Stmt("header", (first, name), whole, (spans[0], nsp)))
+            continue
+        if first.startswith(("network:", "space:")):
+            return None
+        if first not in _KEYWORDS:
+            out.append(Stmt("block_line", tuple(parts), whole, spans))
+            continue
+        args = tuple(parts[1:])
+        asp = spans[1:]
+        if first in _VALUE_RE:
+            if len(args) != 1 or not _VALUE_RE[first].match(args[0]):
+                return None
+        elif first in _ENUMS:
+            if len(args) != 1 or args[0] not in _ENUMS[first]:
+                return None
+        elif first == "bn":
+            if not args or len(args) % 2 or any(
+                    args[j] not in ("momentum", "eps") or not _RE_NUMBER.match(args[j + 1])
+                    for j in range(0, len(args), 2)):
+                return None
+        elif first == "stem":
+            if len(args) != 1:
+                return None
+        elif first == "head":
+            if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("fixed", "scaled")):
+                return None
+        out.append(Stmt(first, args, whole, asp))
+    return out
 
 
 def units(text: str, sink: DiagnosticSink) -> list[Unit]:
@@ -174,6 +257,10 @@ def units(text: str, sink: DiagnosticSink) -> list[Unit]:
     return out
 
 
+def _fmtb(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _num(text: str, span: Span, sink: DiagnosticSink, what: str, lo: float, hi: float,
          lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> Any:
     if len(text) > 24:
@@ -188,8 +275,8 @@ def _num(text: str, span: Span, sink: DiagnosticSink, what: str, lo: float, hi: 
         sink.error(f"{what} must be finite, got `{text}`", span)
         return None
     if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
-        lo_s = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        hi_s = f"< {hi:g}" if hi_open else f"<= {hi:g}"
+        lo_s = f"> {_fmtb(lo)}" if lo_open else f">= {_fmtb(lo)}"
+        hi_s = f"< {_fmtb(hi)}" if hi_open else f"<= {_fmtb(hi)}"
         sink.error(f"{what} must be {lo_s} and {hi_s}, got {text}", span)
         return None
     return x
@@ -202,7 +289,7 @@ _SETTING_NAMES = {
 }
 
 
-def build_unit(unit: Unit, sink: DiagnosticSink) -> Network | SpaceDef | None:
+def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) -> Network | SpaceDef | None:
     is_space = unit.kind == "space"
     n0 = len(sink.items)
     fields: dict[str, Any] = {}
@@ -271,12 +358,7 @@ def build_unit(unit: Unit, sink: DiagnosticSink) -> Network | SpaceDef | None:
         elif s.kind == "activation":
             fields["activation"] = a[0]
         elif s.kind in ("stem", "head"):
-            try:
-                elems = decode_elems(a[0], sp[0].line, sp[0].col)
-            except MnasError as err:
-                sink.items.extend(d.with_path(sink.path) for d in err.diagnostics)
-                continue
-            blk = build_block(elems, sp[0], sink, role=s.kind)
+            blk = block_from_text(a[0], sp[0], sink, role=s.kind)
             if blk is not None:
                 fields[s.kind] = blk
             if s.kind == "head":
@@ -288,33 +370,36 @@ def build_unit(unit: Unit, sink: DiagnosticSink) -> Network | SpaceDef | None:
                 sink.error("block string outside a `blocks` section", s.span)
                 continue
             for text, bsp in zip(a, sp):
+                block_spans.append(bsp)
+                if not is_space:
+                    blocks.append(block_from_text(text, bsp, sink))
+                    continue
                 try:
                     elems = decode_elems(text, bsp.line, bsp.col)
                 except MnasError as err:
                     sink.items.extend(d.with_path(sink.path) for d in err.diagnostics)
                     blocks.append(None)
-                    block_spans.append(bsp)
                     continue
-                if is_space:
-                    blocks.append(build_space_block(elems, bsp, sink))
-                else:
-                    blocks.append(build_block(elems, bsp, sink))
-                block_spans.append(bsp)
+                blocks.append(build_space_block(elems, bsp, sink))
     hs = unit.header.arg_spans[1] if len(unit.header.arg_spans) > 1 else unit.header.span
+    missing = False
     for req in ("stem", "blocks", "head"):
         if req not in seen:
-            sink.error(f"{unit.kind} `{unit.name}` has no `{req}`", hs)
+            missing = True
+            if not syntax_errors:
+                sink.error(f"{unit.kind} `{unit.name}` has no `{req}`", hs)
     if "blocks" in seen and not blocks:
         sink.error(f"{unit.kind} `{unit.name}` has an empty `blocks` section", seen["blocks"])
-    if len(sink.items) != n0:
+    if not is_space and "stem" in fields:
+        _check_channels_partial(fields["stem"], blocks, fields, sink)
+    if len(sink.items) != n0 or missing or "stem" not in fields or "head" not in fields:
         return None
     common = dict(name=unit.name, span=unit.header.span, spans=spans, blocks=tuple(blocks), **fields)
     if is_space:
         space = SpaceDef.model_construct(**_with_defaults(common))
         _check_space(space, block_spans, sink)
         return space if len(sink.items) == n0 else None
-    net = Network.model_construct(**_with_defaults(common))
-    _check_channels(net, sink)
+    net = _new_network(_with_defaults(common))
     del head_span
     return net if len(sink.items) == n0 else None
 
@@ -325,23 +410,43 @@ _DEFAULTS: dict[str, Any] = dict(
 )
 
 
+_NET_FIELDS = tuple(Network.model_fields)
+
+
+def _new_network(values: dict[str, Any]) -> Network:
+    """Construct an already-validated Network without pydantic's per-field machinery (hot path)."""
+    n = Network.__new__(Network)
+    object.__setattr__(n, "__dict__", {k: values[k] for k in _NET_FIELDS})
+    object.__setattr__(n, "__pydantic_fields_set__", set(_NET_FIELDS))
+    object.__setattr__(n, "__pydantic_extra__", None)
+    object.__setattr__(n, "__pydantic_private__", None)
+    return n
+
+
 def _with_defaults(fields: dict[str, Any]) -> dict[str, Any]:
     out = dict(_DEFAULTS)
     out.update(fields)
     return out
 
 
-def _check_channels(net: Network, sink: DiagnosticSink) -> None:
-    """A block's explicit ``i`` must equal the channels it actually receives."""
-    w, div, mind = net.width, net.divisor, net.min_depth
-    c = round_filters(net.stem.output, net.stem.output_factor, w, div, mind)
+def _check_channels_partial(stem: Block, blocks: list[Block | SpaceBlock | None], fields: dict[str, Any],
+                            sink: DiagnosticSink) -> None:
+    """A block's explicit ``i`` must equal the channels it actually receives (checked up to the
+    first block that failed to parse, so every real mismatch is still reported)."""
+    w = fields.get("width", 1.0)
+    div = fields.get("divisor", 8)
+    mind = fields.get("min_depth")
+    c = round_filters(stem.output, stem.output_factor, w, div, mind)
     prev = "the stem"
-    for bi, b in enumerate(net.blocks):
+    for bi, b in enumerate(blocks):
+        if not isinstance(b, Block):
+            return
         if b.input is not None:
             declared = round_filters(b.input, 1.0, w, div, mind)
             if declared != c:
-                sink.error(f"block {bi} declares i{b.input} ({declared} channels) but receives {c} channels "
-                           f"from {prev}", b.field_span("input"))
+                got = f"i{b.input}" if declared == b.input else f"i{b.input}, {declared} after width {w:g}"
+                sink.error(f"block {bi} declares {got} input channels but receives {c} from {prev}",
+                           b.field_span("input"))
         c = round_filters(b.output, b.output_factor, w, div, mind)
         prev = f"block {bi}"
 
@@ -399,8 +504,9 @@ def parse_units(text: str, path: str | None = None) -> list[Network | SpaceDef]:
         sink.error("empty file: expected `network NAME:` or `space NAME:`", Span(1, 1, 1, 2))
         sink.raise_if_any(text)
     us = units(src, sink)
+    syntax_errors = bool(sink)
     if not us and not sink:
-        sink.error("no `network NAME:` or `space NAME:` in file", Span(1, 1, 1, 2))
+        sink.error("empty file: no `network NAME:` or `space NAME:` in it", Span(1, 1, 1, 2))
     names: dict[str, Span] = {}
     out: list[Network | SpaceDef] = []
     for u in us:
@@ -408,7 +514,7 @@ def parse_units(text: str, path: str | None = None) -> list[Network | SpaceDef]:
             sink.error(f"duplicate unit name `{u.name}` (first defined on line {names[u.name].line})",
                        u.header.arg_spans[1])
         names[u.name] = u.header.span
-        x = build_unit(u, sink)
+        x = build_unit(u, sink, syntax_errors)
         if x is not None:
             out.append(x)
     sink.raise_if_any(text)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -247,7 +248,7 @@ def _strip_input(b: Block) -> Block:
 
 
 def load_space(path: str | Path, name: str | None = None) -> Space:
-    from .parser import read_source, parse_units, select
+    from .parser import parse_units, read_source, select
 
     text = read_source(path)
     spec = select(parse_units(text, str(path)), name, str(path), "space")

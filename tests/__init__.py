@@ -1,0 +1,1 @@
+"""mnasdsl test suite."""
