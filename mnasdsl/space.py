@@ -21,7 +21,7 @@ import numpy as np
 from .blocks import make_block
 from .diagnostics import Diagnostic, DiagnosticSink, MnasError, Span
 from .ir import Block, FieldValue, Network, SpaceBlock, SpaceDef
-from .lowering import lower
+from .lowering import LoweredNetwork, lower
 
 RngLike = "np.random.Generator | random.Random | int | None"
 _MAX_CHECK = 20000  # combinations per block that load-time validation enumerates exhaustively
@@ -110,6 +110,7 @@ class Space:
         self._decisions = tuple(decs)
         self._per_block = [len(sb.choices) for sb in spec.blocks]
         self._block_cache: dict[tuple[int, tuple[int, ...]], Block | None] = {}
+        self._sig_cache: dict[tuple[int, ...], tuple[Network, LoweredNetwork, tuple[object, ...]]] = {}
         self._header = {k: getattr(spec, k) for k in (
             "input", "classes", "width", "depth", "divisor", "min_depth", "dropout", "bn_momentum", "bn_eps",
             "padding", "activation", "head_mode")}
@@ -223,7 +224,7 @@ class Space:
         """Change exactly one decision so that the lowered network changes."""
         g = _rng(rng)
         base = list(int(i) for i in indices)
-        sig = lower(self.decode(base)).signature()
+        sig = self._signature(base)
         moves = [(d, o) for d in range(len(self._decisions)) for o in range(len(self._decisions[d].choices))
                  if o != base[d]]
         order = g.permutation(len(moves))
@@ -233,9 +234,25 @@ class Space:
             cand[d] = o
             if not self._nonempty(cand):
                 continue
-            if lower(self.decode(cand)).signature() != sig:
+            if self._signature(cand) != sig:
                 return cand
         raise MnasError(f"no single-decision change of this network gives a different network in `{self.name}`")
+
+    def built(self, indices: Sequence[int]) -> tuple[Network, LoweredNetwork, tuple[object, ...]]:
+        """Decoded network, its lowering and signature, memoized for recently seen vectors
+        (mutation lowers candidates; the search loop then reuses them)."""
+        key = tuple(int(i) for i in indices)
+        hit = self._sig_cache.get(key)
+        if hit is None:
+            if len(self._sig_cache) > 4096:
+                self._sig_cache.clear()
+            net = self.decode(key)
+            low = lower(net)
+            hit = self._sig_cache[key] = (net, low, low.signature())
+        return hit
+
+    def _signature(self, indices: list[int]) -> tuple[object, ...]:
+        return self.built(indices)[2]
 
     def mutate(self, network: Network, rng: Any = None) -> Network:
         return self.decode(self.mutate_indices(self.encode(network), rng))

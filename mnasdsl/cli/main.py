@@ -7,7 +7,8 @@ import importlib
 import json
 import os
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..diagnostics import MnasError
 from .common import UsageError
@@ -15,6 +16,10 @@ from .common import UsageError
 # Command modules, each with register(subparsers). Order is the order of `mnasdsl --help`.
 COMMAND_MODULES = (
     "mnasdsl.cli.core",
+    "mnasdsl.cli.latency_cmd",
+    "mnasdsl.cli.compile_cmd",
+    "mnasdsl.cli.train_cmd",
+    "mnasdsl.cli.search_cmd",
 )
 
 
@@ -61,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except MemoryError:
         sys.stderr.write("mnasdsl: error: out of memory (is the network or batch absurdly large?)\n")
+        return 1
+    except Exception as exc:  # a bug, not a user error: one line, traceback only on request
+        if os.environ.get("MNASDSL_DEBUG"):
+            raise
+        sys.stderr.write(f"mnasdsl: internal error: {type(exc).__name__}: {exc}\n"
+                         "(this is a bug in mnasdsl; rerun with MNASDSL_DEBUG=1 for a traceback and report it)\n")
         return 1
 
 

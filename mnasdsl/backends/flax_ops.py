@@ -1,0 +1,157 @@
+"""Pure JAX kernels behind the Flax backend: padding, the two depthwise lowerings, pooling.
+
+Kept free of nnx so they can be tested against each other and reused by the export path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+# Which depthwise implementation each platform gets. XLA:CPU lowers grouped convolutions to a
+# slow generic loop (~8 ms for 3x3 over 56x56x144); k*k fused strided slices take ~0.3 ms.
+# GPU/TPU compilers have dedicated depthwise kernels, so there the grouped conv stays.
+DEPTHWISE_IMPL = {"cpu": "fused", "cuda": "grouped", "rocm": "grouped", "gpu": "grouped", "tpu": "grouped"}
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "swish": lambda x: x * jax.nn.sigmoid(x),
+    "hswish": lambda x: x * jax.nn.relu6(x + 3.0) * (1.0 / 6.0),
+    "none": lambda x: x,
+}
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF SAME: output ceil(size/stride), the odd pixel of padding goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_pads(hw: tuple[int, int], kernel: int, stride: tuple[int, int], padding: str) -> Pads:
+    """Explicit (before, after) pads for H and W: ``same`` is TF's, ``symmetric`` is PyTorch's k//2."""
+    if padding == "symmetric":
+        p = kernel // 2
+        return (p, p), (p, p)
+    return same_pads(hw[0], kernel, stride[0]), same_pads(hw[1], kernel, stride[1])
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    """Dense NHWC conv with an HWIO kernel; a 1x1 stride-1 conv is a plain matmul (cheaper on CPU)."""
+    if w.shape[0] == 1 and w.shape[1] == 1 and stride == (1, 1) and pads == ((0, 0), (0, 0)):
+        return jnp.dot(x, w[0, 0])
+    return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def depthwise_grouped(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    """Depthwise conv as a grouped convolution (kernel (k, k, 1, C)): the GPU/TPU form."""
+    return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=x.shape[-1])
+
+
+def _fused_forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    n, h, wd, c = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    (pt, pb), (pl, pr) = pads
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    sh, sw = stride
+    ho = (h + pt + pb - kh) // sh + 1
+    wo = (wd + pl + pr - kw) // sw + 1
+    out = None
+    for a in range(kh):
+        for b in range(kw):
+            tap = lax.slice(xp, (0, a, b, 0), (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            term = tap * w[a, b, 0]
+            out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_fused(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    """Depthwise conv as a sum of k*k strided slices times per-channel weights; XLA fuses it
+    into one loop, which on CPU beats the grouped convolution by an order of magnitude.
+
+    The backward pass dominates a CPU training step (A1 @224, batch 8: ~560 of ~1085 ms), so it
+    is written by hand: the input gradient is the same fused form over the stride-dilated output
+    gradient with the kernel flipped, instead of autodiff's k*k scattered pads (-11% per step)."""
+    return _fused_forward(x, w, stride, pads)
+
+
+def _fused_fwd(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> tuple[jax.Array, Any]:
+    return _fused_forward(x, w, stride, pads), (x, w)
+
+
+def _fused_bwd(stride: tuple[int, int], pads: Pads, res: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    n, h, wd, c = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    (pt, pb), (pl, pr) = pads
+    sh, sw = stride
+    ho, wo = g.shape[1], g.shape[2]
+    hp, wp = h + pt + pb, wd + pl + pr
+    lh, lw = (ho - 1) * sh + 1, (wo - 1) * sw + 1
+    # dx_padded[p] = sum_a g_dilated[p - a] * w[a]: a stride-1 correlation with the flipped kernel.
+    gpad = lax.pad(g, jnp.array(0, g.dtype),
+                   ((0, 0, 0), (kh - 1, hp - lh, sh - 1), (kw - 1, wp - lw, sw - 1), (0, 0, 0)))
+    dx = _fused_forward(gpad, w[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))[:, pt:pt + h, pl:pl + wd, :]
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    rows = []
+    for a in range(kh):
+        for b in range(kw):
+            tap = lax.slice(xp, (0, a, b, 0), (n, a + lh, b + lw, c), (1, sh, sw, 1))
+            rows.append(jnp.sum(tap * g, axis=(0, 1, 2)))
+    return dx.astype(x.dtype), jnp.stack(rows).reshape(kh, kw, 1, c).astype(w.dtype)
+
+
+depthwise_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def depthwise(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads, impl: str) -> jax.Array:
+    """Dispatch on ``impl``: "fused", "grouped", or "dynamic" (chosen per platform when lowered,
+    so one multi-platform StableHLO export carries the right form for each)."""
+    if impl == "fused":
+        return depthwise_fused(x, w, stride, pads)
+    if impl == "grouped":
+        return depthwise_grouped(x, w, stride, pads)
+    return lax.platform_dependent(
+        x, w,
+        cpu=lambda x, w: depthwise_fused(x, w, stride, pads),
+        default=lambda x, w: depthwise_grouped(x, w, stride, pads),
+    )
+
+
+def avg_pool_same(x: jax.Array, stride: tuple[int, int]) -> jax.Array:
+    """Average pool, window = stride, TF SAME padding, averaging valid pixels only
+    (count_include_pad=False): the pool skip's downsampling, output ceil(H/s)."""
+    sh, sw = stride
+    if (sh, sw) == (1, 1):
+        return x
+    n, h, w, c = x.shape
+    pads = ((0, 0), same_pads(h, sh, sh), same_pads(w, sw, sw), (0, 0))
+    # Pad, then sum each stride x stride tile by a reshape: differentiable (reverse mode) and
+    # fused by XLA, unlike a generic reduce_window.
+    xp = jnp.pad(x, pads)
+    ho, wo = xp.shape[1] // sh, xp.shape[2] // sw
+    total = xp[:, : ho * sh, : wo * sw].reshape(n, ho, sh, wo, sw, c).sum(axis=(2, 4))
+    # The valid-pixel counts are static: compute them once in numpy at trace time.
+    ones = np.pad(np.ones((h, w), np.float32), pads[1:3])
+    counts = ones[: ho * sh, : wo * sw].reshape(ho, sh, wo, sw).sum(axis=(1, 3))
+    return total * jnp.asarray(1.0 / counts, x.dtype)[None, :, :, None]
+
+
+def resolve_impl(platform: str | None) -> str:
+    """The depthwise implementation for a platform name (None: the current default backend)."""
+    name = (platform or jax.default_backend()).lower()
+    if name not in DEPTHWISE_IMPL:
+        raise ValueError(f"unknown platform {platform!r} (expected one of cpu, gpu, cuda, rocm, tpu)")
+    return DEPTHWISE_IMPL[name]

@@ -1,0 +1,164 @@
+"""`mnasdsl search` and `mnasdsl report`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import UsageError, positive_float, positive_int, print_json, stderr_console, stdout_console
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("search", help="platform-aware architecture search over a space")
+    p.add_argument("file", metavar="SPACE")
+    p.add_argument("--space", metavar="NAME", help="which space of a multi-space file")
+    p.add_argument("--db", required=True, metavar="PATH", help="SQLite trial database (created; WAL)")
+    p.add_argument("--trials", required=True, type=positive_int, metavar="N")
+    p.add_argument("--target-ms", required=True, type=positive_float, metavar="T", help="latency target")
+    p.add_argument("--algo", choices=("random", "evolution", "ppo"), default="evolution")
+    p.add_argument("--evaluator", default="latency-only", metavar="KIND",
+                   help="proxy | latency-only | zero-cost | synthetic | MODULE:FUNCTION (default latency-only)")
+    lat = p.add_mutually_exclusive_group()
+    lat.add_argument("--device", metavar="NAME", help="built-in latency model (default pixel1)")
+    lat.add_argument("--lut", metavar="FILE", help="latency lookup table (JSON)")
+    lat.add_argument("--measure", action="store_true", help="time each model on the local device")
+    rw = p.add_mutually_exclusive_group()
+    rw.add_argument("--reward", choices=("soft", "hard"), help="soft: a=b=-0.07 (default); hard: a=0, b=-1")
+    rw.add_argument("--alpha", type=float, metavar="A", help="exponent when LAT <= T (with --beta)")
+    p.add_argument("--beta", type=float, metavar="B", help="exponent when LAT > T (with --alpha)")
+    p.add_argument("--population", type=positive_int, default=50, metavar="P")
+    p.add_argument("--tournament", type=positive_int, default=10, metavar="S")
+    p.add_argument("--round", dest="round_size", type=positive_int, metavar="K",
+                   help="proposals per controller round (default: workers; 10 for ppo)")
+    p.add_argument("--data", default="digits", metavar="SRC", help="proxy data source (default digits)")
+    p.add_argument("--epochs", type=positive_int, default=5, metavar="E", help="proxy epochs (default 5)")
+    p.add_argument("--resolution", type=positive_int, default=32, metavar="R", help="proxy resolution")
+    p.add_argument("--batch", type=positive_int, default=64, metavar="B", help="proxy batch size")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="K")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto or host:port)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--resume", action="store_true", help="continue the search in --db")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("report", help="Pareto front, top-k and latency histogram of a search database")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("--plot", metavar="PNG", help="write a Fig. 6-style plot")
+    p.add_argument("--top", type=positive_int, default=10, metavar="K")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..parser import parse_units, read_source, select
+    from ..search.evaluators import EvalConfig
+    from ..search.loop import HARD, SOFT, SearchConfig, run_search
+    from ..space import Space
+
+    if (args.alpha is None) != (args.beta is None):
+        raise UsageError("--alpha and --beta go together")
+    if args.beta is not None and args.reward:
+        raise UsageError("--reward cannot be combined with --alpha/--beta")
+    alpha, beta = (args.alpha, args.beta) if args.alpha is not None else (HARD if args.reward == "hard" else SOFT)
+    spec = select(parse_units(read_source(args.file), args.file), args.space, args.file, "space")
+    space = Space(spec)  # type: ignore[arg-type]
+    extra: dict[str, Any] = {}
+    if args.evaluator == "synthetic":
+        from ..search.synthetic import make_table
+
+        extra["table"] = make_table(space.num_choices, args.seed)
+    cache = str(Path(args.db).resolve().parent / ".xla-cache")
+    ev = EvalConfig(kind=args.evaluator, data=args.data, epochs=args.epochs, resolution=args.resolution,
+                    batch=args.batch, seed=args.seed, measure=args.measure,
+                    cache_dir=cache if args.evaluator in ("proxy", "zero-cost") or args.measure else None,
+                    extra=extra)
+    latency = "measure" if args.measure else "lut" if args.lut else "device"
+    cfg = SearchConfig(trials=args.trials, target_ms=args.target_ms, algo=args.algo, alpha=alpha, beta=beta,
+                       population=args.population, tournament=args.tournament, round_size=args.round_size,
+                       seed=args.seed, latency=latency, device=args.device or "pixel1", lut=args.lut,
+                       evaluator=ev, executor=args.executor, workers=args.workers, address=args.address)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.perf_counter()
+    quiet = args.json or not sys.stderr.isatty() and os.environ.get("CI")
+    with Progress(TextColumn("[bold]search[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} trials"),
+                  TextColumn("best reward {task.fields[best]}"), TextColumn("{task.fields[rate]} trials/s"),
+                  TimeElapsedColumn(), console=stderr_console(), disable=bool(quiet),
+                  transient=False) as bar:
+        task = bar.add_task("search", total=args.trials, best="-", rate="-")
+        last = [0.0]
+
+        def progress(done: int, total: int, best: float | None) -> None:
+            now = time.perf_counter()
+            if now - last[0] < 0.1 and done < args.trials:
+                return
+            last[0] = now
+            rate = done / max(now - t0, 1e-9)
+            bar.update(task, completed=done, best=f"{best:.4f}" if best is not None else "-", rate=_rate(rate))
+
+        summary = run_search(space, args.db, cfg, resume=args.resume, progress=progress)
+    label = ev.label
+    if args.json:
+        print_json({"db": args.db, "trials": summary.trials, "done": summary.done, "failed": summary.failed,
+                    "best": summary.best, "seconds": summary.seconds, "trials_per_s": summary.trials_per_s,
+                    "accuracy_is": label or "measured"})
+        return 0
+    con = stdout_console()
+    con.print(f"{summary.trials} trials ({summary.done} done, {summary.failed} failed) in {summary.seconds:.1f}s, "
+              f"{_rate(summary.trials_per_s)} trials/s" + (f"; accuracy is an {label}" if label else ""),
+              markup=False)
+    if summary.best:
+        b = summary.best
+        con.print(f"best reward {b['reward']:.4f}: acc {b['acc']:.4f}, latency {b['latency_ms']:.2f} ms (trial "
+                  f"{b['id']})")
+        con.print(b["spec"], markup=False)
+    con.print(f"see `mnasdsl report {args.db} --plot pareto.png`", markup=False)
+    return 0
+
+
+def _rate(r: float) -> str:
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..search.report import plot, summarize
+
+    s = summarize(args.db, top=args.top)
+    if args.plot:
+        plot(s, args.plot)
+    if args.json:
+        out = {k: v for k, v in s.items() if not k.startswith("_")}
+        if args.plot:
+            out["plot"] = args.plot
+        print_json(out)
+        return 0
+    con = stdout_console()
+    con.print(f"{args.db}: {s['trials']} trials over space {s['space']} ({s['done']} done, {s['failed']} failed, "
+              f"{s['unique']} distinct); accuracy is {s['accuracy_is']}", markup=False)
+    for title, rows in (("Pareto front (accuracy vs latency)", s["pareto"]), (f"top {args.top} by reward", s["top"])):
+        t = Table(title=title)
+        for c in ("trial", "acc", "latency ms", "reward", "params", "MACs"):
+            t.add_column(c, justify="right")
+        for r in rows:
+            t.add_row(str(r["id"]), f"{r['acc']:.4f}", f"{r['latency_ms']:.2f}", f"{r['reward']:.4f}",
+                      f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M")
+        con.print(t)
+    h = s["latency_histogram"]
+    if h["counts"]:
+        peak = max(h["counts"])
+        con.print("latency histogram (ms):")
+        for c, lo, hi in zip(h["counts"], h["edges"], h["edges"][1:]):
+            con.print(f"  {lo:8.2f}-{hi:8.2f} | {'#' * max(0, round(40 * c / peak))} {c}", markup=False)
+    if s["best"]:
+        con.print("best:", markup=False)
+        con.print(s["best"]["spec"], markup=False)
+    if args.plot:
+        con.print(f"wrote {args.plot}", markup=False)
+    return 0

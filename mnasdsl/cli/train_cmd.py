@@ -1,0 +1,187 @@
+"""Training commands: train, eval, predict (thin layers over :mod:`mnasdsl.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..diagnostics import MnasError
+from ..ir import Network
+from .common import UsageError, add_network_args, load_network, positive_float, positive_int, print_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a network on image data (optax; checkpointed, resumable)",
+                       description="Train FILE's network on SOURCE: an ImageFolder directory, `digits` "
+                                   "(scikit-learn's bundled handwritten digits) or `synthetic` (random, for speed).")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="ImageFolder directory, `digits` or `synthetic`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoints, metrics, curves)")
+    p.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="epochs (default 10)")
+    p.add_argument("--batch", type=positive_int, default=64, metavar="B", help="batch size (default 64)")
+    p.add_argument("--recipe", choices=("adam", "mnasnet"), default="adam",
+                   help="adam: AdamW + cosine (default); mnasnet: the paper's RMSProp recipe")
+    p.add_argument("--lr", type=positive_float, metavar="LR", help="peak learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last completed epoch")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--recalibrate-bn", dest="recal", action="store_true", default=None,
+                   help="re-estimate BN statistics on training batches before evaluating "
+                        "(default: runs under 5 epochs or 2,000 steps at BN momentum 0.99)")
+    g.add_argument("--no-recalibrate-bn", dest="recal", action="store_false", help="never recalibrate")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="data loading threads (default: CPU count)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_network_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a trained checkpoint on a dataset")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="training output (or params) directory")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="ImageFolder directory, `digits` or `synthetic`")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="which split (default val)")
+    p.add_argument("--batch", type=positive_int, default=128, metavar="B", help="batch size (default 128)")
+    add_network_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 classes of images under a trained checkpoint")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="training output (or params) directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
+    add_network_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _enable_compile_cache() -> None:
+    """Reuse compiled XLA programs across runs (train, then eval, then predict compile the same network)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("MNASDSL_NO_JAX_CACHE"):
+        return
+    import jax
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnasdsl" / "jax"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import fit, open_source
+
+    if args.epochs > 100_000:
+        raise UsageError(f"--epochs {args.epochs} is absurd")
+    net = load_network(args)
+    source = open_source(args.data)
+    if args.classes is None:
+        net = net.scaled(classes=source.num_classes)
+    _enable_compile_cache()
+    verbose = not args.quiet
+    result = fit(net, source, epochs=args.epochs, batch=args.batch, recipe=args.recipe, seed=args.seed,
+                 out=args.out, lr=args.lr, resume=args.resume, recalibrate_bn=args.recal,
+                 verbose=verbose and sys.stderr.isatty(), workers=args.workers,
+                 log=(lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush())) if verbose else (lambda _m: None))
+    if args.json:
+        print_json({k: v for k, v in result.to_json().items() if k != "history"} | {"out": str(args.out)})
+    else:
+        sys.stdout.write(f"{net.name}: val acc {result.val_acc:.4f}, val loss {result.val_loss:.4f} after "
+                         f"{result.epochs} epochs ({_rate(result.images_per_s)} img/s); wrote {args.out}\n")
+    return 0
+
+
+def _rate(x: float) -> str:
+    return f"{x:.0f}" if math.isfinite(x) else "-"
+
+
+def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ...] | None]:
+    """FILE's network at the checkpoint's size (unless overridden), its weights, and the class names."""
+    from ..backends.flax import load_params
+    from ..parser import parse
+    from ..train.checkpoint import find_meta
+
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_dir():
+        raise MnasError(f"{ckpt}: no such checkpoint directory")
+    meta = find_meta(ckpt)
+    net = load_network(args)
+    names: tuple[str, ...] | None = None
+    if meta is not None:
+        stored = parse(str(meta["spec"]))[0]
+        assert isinstance(stored, Network)
+        net = net.scaled(width=None if args.width else stored.width, depth=None if args.depth else stored.depth,
+                         resolution=None if args.resolution else stored.resolution,
+                         classes=None if args.classes else stored.classes)
+        names = tuple(str(c) for c in meta["classes"])
+        if len(names) != net.classes:
+            raise MnasError(f"{ckpt}: trained for {len(names)} classes, but --classes is {net.classes}")
+    _enable_compile_cache()
+    return net, load_params(net, ckpt), names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..train import evaluate_model, open_source
+
+    net, model, names = _load_trained(args)
+    source = open_source(args.data)
+    if names is not None and tuple(source.class_names) != names:
+        raise MnasError(f"{source.name}: its classes ({_list(source.class_names)}) are not the checkpoint's "
+                        f"({_list(names)})")
+    if source.num_classes != net.classes:
+        raise MnasError(f"{source.name} has {source.num_classes} classes, the network {net.classes}")
+    split = source.val if args.split == "val" else source.train
+    h, w, c = net.input
+    m = evaluate_model(model, split, size=(h, w), channels=c, batch=args.batch)
+    bad = source.corrupt_count()
+    if bad:
+        sys.stderr.write(f"warning: skipped {bad} corrupt or unreadable image(s)\n")
+    out = {"network": net.name, "data": source.name, "split": args.split, "images": int(m["count"]),
+           "top1": m["acc"], "top5": m["top5"], "loss": m["loss"]}
+    if args.json:
+        print_json(out)
+    else:
+        sys.stdout.write(f"{net.name} on {source.name} ({args.split}, {out['images']} images): "
+                         f"top-1 {m['acc']:.4f}, top-5 {m['top5']:.4f}, loss {m['loss']:.4f}\n")
+    return 0
+
+
+def _list(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..train import predict_images
+    from ..train.data import decode_image
+
+    net, model, names = _load_trained(args)
+    h, w, c = net.input
+    images = []
+    for path in args.images:
+        if not Path(path).is_file():
+            raise MnasError(f"{path}: no such image file")
+        try:
+            images.append(decode_image(path, (h, w), c))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise MnasError(f"{path}: cannot read image: {e}") from None
+    probs = predict_images(model, np.stack(images), c)
+    labels = names or tuple(f"class{i}" for i in range(net.classes))
+    k = min(args.top, net.classes)
+    preds = []
+    for path, p in zip(args.images, probs, strict=True):
+        top = np.argsort(-p, kind="stable")[:k]
+        preds.append({"image": path, "top": [{"class": labels[i], "index": int(i), "prob": float(p[i])}
+                                             for i in top]})
+    if args.json:
+        print_json({"network": net.name, "predictions": preds})
+    else:
+        for pr in preds:
+            sys.stdout.write(f"{pr['image']}:\n")
+            for t in pr["top"]:
+                sys.stdout.write(f"  {t['prob']:.4f}  {t['class']}\n")
+    return 0

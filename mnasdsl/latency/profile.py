@@ -1,0 +1,313 @@
+"""On-device profiling with the Flax backend: per-op tables and whole-network timings.
+
+Each distinct op signature is built alone (the backend's own layer module), jitted on the local
+default XLA device, warmed up and timed; the median of the repeats is recorded because on a
+shared machine the noise is one-sided (preemption only ever adds time).
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform as _platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..diagnostics import MnasError
+from ..lowering import Layer, LoweredNetwork, lower
+from ..space import Space
+from .lut import Entry, Lut, op_key
+
+
+def _backend() -> Any:
+    try:
+        from ..backends import flax as fb
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise MnasError(f"profiling needs the Flax backend (jax, flax): {e}") from None
+    return fb
+
+
+def device_info() -> dict[str, str]:
+    """Where measurements are taken: recorded as the table's provenance."""
+    import jax
+
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device_kind": getattr(d, "device_kind", d.platform),
+            "host": _platform.node(), "cpu": _platform.processor() or _platform.machine(),
+            "jax": jax.__version__}
+
+
+def _concrete(make: Callable[[], Any], pick: Callable[[Any], Any] = lambda m: m) -> tuple[Any, Any]:
+    """(graphdef, state) of ``pick(module)``, the module built abstractly and filled in numpy.
+
+    Running initializers eagerly can compile one tiny XLA program per new weight shape (seconds
+    per op); timing does not depend on the values, so they are drawn in numpy instead. Values are
+    positive and moderate so that BN variances are valid and no denormals slow the arithmetic."""
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(pick(nnx.eval_shape(make)))
+    rng = np.random.default_rng(0)
+
+    def fill(a: Any) -> Any:
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        if np.issubdtype(a.dtype, np.integer):
+            return np.zeros(a.shape, a.dtype)
+        return rng.uniform(0.05, 0.2, a.shape).astype(a.dtype)
+
+    return graphdef, jax.tree.map(fill, state)
+
+
+def _classifier_of(shape: tuple[int, int, int], classes: int) -> Layer:
+    return Layer("classifier", "classifier", "fc", -1, 0, shape, (1, 1, classes), 1, (1, 1), 1.0, shape[2], 0.0, 0,
+                 "none", False, "none")
+
+
+def _jitted(graphdef: Any, state: Any, x_shape: tuple[int, ...]) -> tuple[Callable[..., Any], Any, Any]:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def f(s: Any, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, s)(x, train=False)
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(x_shape, np.float32))
+    return jax.jit(f), state, x
+
+
+def _layer_fn(layer: Layer, lowered: LoweredNetwork | None, batch: int) -> tuple[Callable[..., Any], Any, Any]:
+    """(jitted f(state, x), state, x) computing exactly one lowered layer in eval mode.
+
+    Only the backend's public contract is used: ``build`` a network holding just this layer
+    (and a 1-class classifier it needs), then run its ``layers[0]`` alone. The classifier layer
+    is timed as a whole network of only itself, which is exactly global pool + dense."""
+    from flax import nnx
+
+    fb = _backend()
+    base = lowered or LoweredNetwork("op", layer.in_shape, 1, 0.0, 0.99, 1e-3, "same", ())
+    if layer.kind == "classifier":
+        one = base._replace(input_shape=layer.in_shape, classes=layer.out_shape[2], dropout=0.0, layers=(layer,))
+        graphdef, state = _concrete(lambda: fb.build(one, rngs=nnx.Rngs(0)))
+    else:
+        one = base._replace(input_shape=layer.in_shape, classes=1, dropout=0.0,
+                            layers=(layer, _classifier_of(layer.out_shape, 1)))
+        graphdef, state = _concrete(lambda: fb.build(one, rngs=nnx.Rngs(0)), lambda m: m.layers[0])
+    return _jitted(graphdef, state, (batch, *layer.in_shape))
+
+
+def _network_fn(lowered: LoweredNetwork, batch: int) -> tuple[Callable[..., Any], Any, Any]:
+    from flax import nnx
+
+    fb = _backend()
+    graphdef, state = _concrete(lambda: fb.build(lowered, rngs=nnx.Rngs(0)))
+    return _jitted(graphdef, state, (batch, *lowered.input_shape))
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def single_thread_xla() -> bool:
+    """Ask XLA:CPU for one compute thread (needed for the ``cpu`` clock to mean latency).
+    Must run before the CPU backend starts; returns False when it already has."""
+    import os
+
+    from jax._src import xla_bridge
+
+    if getattr(xla_bridge, "_backends", None):
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    for f in ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"):
+        if f.split("=")[0] not in flags:
+            flags = f"{flags} {f}".strip()
+    os.environ["XLA_FLAGS"] = flags
+    return True
+
+
+def _clock(name: str) -> Callable[[], float]:
+    """``wall``: elapsed time (a dedicated device). ``cpu``: CPU time of this process with XLA
+    single-threaded — on a shared machine, time spent waiting for a core is not counted, so
+    measurements taken minutes apart under different load agree."""
+    if name not in CLOCKS:
+        raise ValueError(f"unknown clock {name!r}")
+    return time.perf_counter if name == "wall" else time.process_time
+
+
+def time_fn(f: Callable[..., Any], *args: Any, repeats: int = 10, warmup: int = 2,
+            clock: str = "wall") -> tuple[float, float, int]:
+    """(median ms, std ms, count) of ``repeats`` timed calls after ``warmup`` untimed ones."""
+    now = _clock(clock)
+    for _ in range(warmup):
+        f(*args).block_until_ready()
+    ts = np.empty(repeats)
+    for i in range(repeats):
+        t0 = now()
+        f(*args).block_until_ready()
+        ts[i] = (now() - t0) * 1e3
+    return float(np.median(ts)), float(ts.std()), repeats
+
+
+def call_overhead_ms(clock: str = "wall", repeats: int = 200) -> float:
+    """The fixed cost of dispatching one jitted call (a trivial one), subtracted from every
+    measurement: otherwise a sum of N isolated ops counts it N times, a network once."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: x + 1.0)
+    x = jnp.zeros((8,), jnp.float32)
+    return min(time_fn(f, x, repeats=repeats, warmup=5, clock=clock)[0] for _ in range(3))
+
+
+Prepared = tuple[Callable[..., Any], Any, Any]  # compiled f, state, x
+
+
+def prepare_layer(layer: Layer, lowered: LoweredNetwork | None = None, *, batch: int = 1) -> Prepared:
+    f, state, x = _layer_fn(layer, lowered, batch)
+    return f.lower(state, x).compile(), state, x  # type: ignore[attr-defined]
+
+
+def prepare_network(lowered: LoweredNetwork, *, batch: int = 1) -> Prepared:
+    f, state, x = _network_fn(lowered, batch)
+    return f.lower(state, x).compile(), state, x  # type: ignore[attr-defined]
+
+
+# A fixed mid-sized op (MBConv e3 k5 at 28x28x40, identity skip) timed beside every measurement.
+REFERENCE_LAYER = Layer("reference", "block", "mb", 0, 0, (28, 28, 40), (28, 28, 40), 5, (1, 1), 3.0, 120, 0.0, 0,
+                        "identity", False, "relu")
+
+
+class Reference:
+    """Normalizes timings by a reference op measured right before each one.
+
+    On a shared machine, other tenants slow everything down together (time slicing, a busy
+    hyperthread sibling, cache and memory-bandwidth pressure), by tens of percent over minutes.
+    Reporting each measurement as (its time / the reference's time just before) x ``baseline_ms``
+    cancels that common factor, so ops profiled now and networks measured later agree. A table
+    records ``baseline_ms``; `lut check --measure` normalizes networks to the same baseline."""
+
+    def __init__(self, *, clock: str = "wall", repeats: int = 10, overhead_ms: float = 0.0,
+                 baseline_ms: float | None = None) -> None:
+        self.clock, self.repeats, self.overhead_ms = clock, repeats, overhead_ms
+        self.prepared = prepare_layer(REFERENCE_LAYER)
+        f, state, x = self.prepared
+        time_fn(f, state, x, repeats=2, warmup=3, clock=clock)
+        self.baseline_ms = baseline_ms if baseline_ms is not None else min(self.now_ms() for _ in range(3))
+
+    def now_ms(self) -> float:
+        f, state, x = self.prepared
+        med, _, _ = time_fn(f, state, x, repeats=self.repeats, warmup=0, clock=self.clock)
+        return max(med - self.overhead_ms, 1e-4)
+
+
+def time_rounds(prepared: Sequence[Prepared], *, repeats: int = 10, rounds: int = 3, warmup: int = 2,
+                on_round: Callable[[list[Entry]], None] | None = None,
+                on_item: Callable[[], None] | None = None, clock: str = "wall",
+                overhead_ms: float = 0.0, reference: Reference | None = None) -> list[Entry]:
+    """Time every compiled function in ``rounds`` round-robin passes of ``repeats`` calls each.
+
+    Within a pass the median rejects outliers. Across passes, spread over the whole run, the
+    minimum of the medians is kept, because load from other processes only ever adds time and
+    comes in spells longer than one pass over one op. With a ``reference``, each median is
+    divided by the reference's time just before it (see Reference) and the median of those
+    normalized values is kept instead (the ratio's noise is two-sided)."""
+    best = [np.inf] * len(prepared)
+    meds: list[list[float]] = [[] for _ in prepared]
+    out: list[Entry] = []
+    for r in range(rounds):
+        for i, (f, state, x) in enumerate(prepared):
+            ref = reference.now_ms() / reference.baseline_ms if reference else 1.0
+            med, _, _ = time_fn(f, state, x, repeats=repeats, warmup=warmup if r == 0 else 1, clock=clock)
+            med = max(med - overhead_ms, 1e-4) / ref
+            meds[i].append(med)
+            best[i] = min(best[i], med)
+            if on_item:
+                on_item()
+        pick = (lambda i: float(np.median(meds[i]))) if reference else (lambda i: float(best[i]))
+        out = [Entry(pick(i), float(np.std(meds[i])), repeats * len(meds[i])) for i in range(len(prepared))]
+        if on_round:
+            on_round(out)
+    return out
+
+
+def time_layer(layer: Layer, lowered: LoweredNetwork | None = None, *, batch: int = 1, repeats: int = 10,
+               warmup: int = 2, rounds: int = 1) -> Entry:
+    return time_rounds([prepare_layer(layer, lowered, batch=batch)], repeats=repeats, rounds=rounds,
+                       warmup=warmup)[0]
+
+
+def time_network(lowered: LoweredNetwork, *, batch: int = 1, repeats: int = 10, warmup: int = 2,
+                 rounds: int = 1) -> Entry:
+    return time_rounds([prepare_network(lowered, batch=batch)], repeats=repeats, rounds=rounds, warmup=warmup)[0]
+
+
+# -- which signatures to measure --------------------------------------------------------------
+
+def network_signatures(networks: Iterable[LoweredNetwork]) -> dict[str, tuple[Layer, LoweredNetwork]]:
+    out: dict[str, tuple[Layer, LoweredNetwork]] = {}
+    for low in networks:
+        for layer in low.layers:
+            out.setdefault(op_key(layer), (layer, low))
+    return out
+
+
+def space_signatures(space: Space, max_ops: int | None = None, *, base: Sequence[int] | None = None,
+                     **overrides: Any) -> dict[str, tuple[Layer, LoweredNetwork]]:
+    """Every op a block position can become: each position's own decision combinations, the
+    other positions held at ``base`` (default: each decision's middle option). Positions are
+    interleaved so a ``max_ops`` cap still covers all of them; stem, head and classifier first."""
+    decs = space.decisions()
+    if base is None:
+        base = [len(d.choices) // 2 for d in decs]
+    base = list(base)
+    per_block: dict[int, list[int]] = {}
+    for d in decs:
+        per_block.setdefault(d.block, []).append(d.index)
+    streams = []
+    for b in sorted(per_block):
+        idx = per_block[b]
+        combos = itertools.product(*[range(len(decs[i].choices)) for i in idx])
+        streams.append((idx, combos))
+    out: dict[str, tuple[Layer, LoweredNetwork]] = {}
+    low0 = lower(space.decode(base), **overrides)
+    for layer in low0.layers:
+        if layer.kind != "block":
+            out.setdefault(op_key(layer), (layer, low0))
+    live = list(streams)
+    while live and (max_ops is None or len(out) < max_ops):
+        nxt = []
+        for idx, combos in live:
+            picks = next(combos, None)
+            if picks is None:
+                continue
+            nxt.append((idx, combos))
+            vec = list(base)
+            for i, p in zip(idx, picks, strict=True):
+                vec[i] = p
+            try:
+                low = lower(space.decode(vec), **overrides)
+            except MnasError:
+                continue
+            for layer in low.layers:
+                if layer.kind == "block":
+                    out.setdefault(op_key(layer), (layer, low))
+                    if max_ops is not None and len(out) >= max_ops:
+                        return out
+        live = nxt
+    return out
+
+
+def new_table(device: str | None = None, batch: int = 1, *, repeats: int = 10, rounds: int = 3, clock: str = "wall",
+              overhead_ms: float = 0.0, reference: Reference | None = None) -> Lut:
+    info = device_info()
+    prov = {"source": "mnasdsl profile", **info,
+            "statistic": "minimum over rounds of the median of repeats (stored as mean)",
+            "clock": clock if clock == "wall" else "cpu (process CPU time, XLA single-threaded)",
+            "call_overhead_ms_subtracted": round(overhead_ms, 5),
+            "repeats": repeats, "rounds": rounds, "backend": "mnasdsl.backends.flax, jax.jit, eval mode"}
+    if reference is not None:
+        prov.update({"statistic": "median over rounds of (median of repeats / reference just before) x reference_ms",
+                     "reference_op": op_key(REFERENCE_LAYER), "reference_ms": reference.baseline_ms})
+    return Lut(device or f"{info['platform']}:{info['host']}", f"XLA/{info['platform']} via jax {info['jax']}",
+               batch, "ms", prov, {}, None)

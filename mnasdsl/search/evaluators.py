@@ -1,0 +1,215 @@
+"""Evaluators: the accuracy term of a trial (and, with ``--measure``, its measured latency).
+
+An evaluator runs wherever the executor puts it (the driver, a spawned process, a Ray task),
+so it is described by a small picklable :class:`EvalConfig` and receives the network as its
+canonical spec text. Kinds:
+
+- ``proxy``: train N epochs with :func:`mnasdsl.train.fit` (the paper's proxy task); accuracy is
+  the validation accuracy.
+- ``latency-only``: no model is built; accuracy is an analytic proxy (:func:`analytic_accuracy`),
+  labelled as such in every output.
+- ``zero-cost``: the gradient norm of the loss at initialization on a real batch, squashed into
+  (0, 1); a proxy, compiled per network (the persistent XLA cache is on).
+- ``MODULE:FUNCTION``: a user's function ``f(network) -> float | dict`` (``acc`` key).
+- ``synthetic``: the additive per-decision objective of the controller benchmark (known optimum).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cost import cost_lowered
+from ..diagnostics import MnasError
+from ..ir import Network
+from ..lowering import lower
+from ..parser import parse_units
+
+KINDS = ("proxy", "latency-only", "zero-cost", "synthetic")
+PROXY_LABELS = {
+    "latency-only": "analytic proxy: 1 - exp(-(sqrt(MACs/1e8) + layers/20))",
+    "zero-cost": "zero-cost proxy: gradient norm at init, g/(1+g)",
+    "synthetic": "synthetic additive objective",
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    kind: str = "latency-only"
+    data: str = "digits"
+    epochs: int = 2
+    resolution: int | None = 32
+    batch: int = 64
+    seed: int = 0
+    measure: bool = False
+    threads: int | None = None
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str | None:
+        """None when the accuracy is a real measurement, else what kind of proxy it is."""
+        if ":" in self.kind:
+            return None
+        return PROXY_LABELS.get(self.kind)
+
+
+def analytic_accuracy(macs: int, layers: int) -> float:
+    """A monotone stand-in for accuracy in constraint-driven exploration without training:
+    more multiply-adds and more layers never score lower. Not a prediction of real accuracy."""
+    return 1.0 - math.exp(-(math.sqrt(max(macs, 0) / 1e8) + layers / 20.0))
+
+
+def _plugin(target: str) -> Callable[[Network], Any]:
+    mod, _, fn = target.partition(":")
+    if not mod or not fn:
+        raise MnasError(f"evaluator plug-in must be MODULE:FUNCTION, got {target!r}")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise MnasError(f"cannot load evaluator {target!r}: {e}") from None
+    if not callable(f):
+        raise MnasError(f"evaluator {target!r} is not callable")
+    return f  # type: ignore[no-any-return]
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Fail fast in the driver, before any worker starts."""
+    if cfg.kind not in KINDS and ":" not in cfg.kind:
+        raise MnasError(f"unknown evaluator {cfg.kind!r} (choose from {', '.join(KINDS)} or MODULE:FUNCTION)")
+    if ":" in cfg.kind:
+        _plugin(cfg.kind)
+    if cfg.kind == "proxy":
+        from ..train import open_source
+
+        open_source(cfg.data)
+    if cfg.epochs < 1:
+        raise MnasError(f"--epochs must be >= 1, got {cfg.epochs}")
+
+
+_SETUP_DONE: set[str] = set()
+
+
+def setup_worker(cfg: EvalConfig) -> None:
+    """Per-process setup: thread limits and the persistent XLA compilation cache."""
+    key = f"{cfg.threads}:{cfg.cache_dir}"
+    if key in _SETUP_DONE:
+        return
+    _SETUP_DONE.add(key)
+    if cfg.cache_dir:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cfg.cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _network(spec: str) -> Network:
+    (net,) = parse_units(spec)
+    assert isinstance(net, Network)
+    return net
+
+
+def _zero_cost(net: Network, cfg: EvalConfig) -> float:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from ..backends.flax import build
+    from ..train import open_source
+
+    src = open_source(cfg.data)
+    net = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
+        net.scaled(classes=src.num_classes)
+    model = build(net, rngs=nnx.Rngs(cfg.seed))
+    h, w, c = net.input
+    split = src.train
+    n = min(cfg.batch, len(split), 32)
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.choice(len(split), size=n, replace=False)
+    loaded = [(split.load(int(i), (h, w), c, None), int(split.labels[int(i)])) for i in idx]
+    loaded = [(im, lab) for im, lab in loaded if im is not None]
+    if not loaded:
+        raise MnasError(f"no readable images in {src.name} for the zero-cost score")
+    images = np.stack([im for im, _ in loaded]).astype(np.float32) / 255.0
+    labels = np.asarray([lab for _, lab in loaded])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p: Any) -> jax.Array:
+        m = nnx.merge(graphdef, p, rest)
+        logits = m(jnp.asarray(images), train=True)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(labels)[:, None], 1))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    g = float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grads))))
+    if not math.isfinite(g):
+        raise MnasError("zero-cost score is not finite")
+    return g / (1.0 + g)
+
+
+def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, network: Network | None = None,
+             lowered: Any = None) -> dict[str, Any]:
+    """Evaluate one trial; returns acc, params, macs, optional measured latency, timing. In the
+    driver the already-built ``network``/``lowered`` skip re-parsing the spec text."""
+    setup_worker(cfg)
+    t0 = time.perf_counter()
+    net = network if network is not None else _network(spec)
+    low = lowered if lowered is not None else lower(net)
+    c = cost_lowered(low)
+    out: dict[str, Any] = {"params": c.params, "macs": c.macs,
+                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    if cfg.kind == "latency-only":
+        acc = analytic_accuracy(c.macs, len(low.blocks))
+    elif cfg.kind == "synthetic":
+        from .synthetic import score
+
+        if decisions is None:
+            raise MnasError("the synthetic evaluator needs the decision vector")
+        acc = score(decisions, cfg.extra["table"])
+    elif cfg.kind == "zero-cost":
+        acc = _zero_cost(net, cfg)
+    elif cfg.kind == "proxy":
+        from ..train import fit, open_source
+
+        src = open_source(cfg.data)
+        scaled = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
+            net.scaled(classes=src.num_classes)
+        res = fit(scaled, src, epochs=cfg.epochs, batch=cfg.batch, recipe="adam", seed=cfg.seed, out=None)
+        acc = float(res.val_acc)
+        out["val_loss"] = float(res.val_loss)
+    else:
+        r = _plugin(cfg.kind)(net)
+        if isinstance(r, dict):
+            acc = float(r["acc"])
+            if "latency_ms" in r:
+                out["latency_ms"] = float(r["latency_ms"])
+        else:
+            acc = float(r)
+    if not math.isfinite(acc):
+        raise MnasError(f"evaluator returned a non-finite accuracy ({acc})")
+    out["acc"] = acc
+    if cfg.measure:
+        from ..latency.profile import time_network
+
+        out["latency_ms"] = float(time_network(low, batch=1, repeats=10).mean)
+    out["eval_s"] = time.perf_counter() - t0
+    return out
+
+
+def evaluate_safe(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, network: Network | None = None,
+                  lowered: Any = None) -> tuple[str, Any]:
+    """Never raises: a failing trial is recorded with its error and the search goes on."""
+    try:
+        return "ok", evaluate(cfg, spec, decisions, network, lowered)
+    except MnasError as e:
+        return "error", "; ".join(d.message for d in e.diagnostics)
+    except MemoryError:
+        return "error", "out of memory"
+    except Exception as e:  # a user's plug-in or a backend failure must not stop the search
+        return "error", f"{type(e).__name__}: {e}"

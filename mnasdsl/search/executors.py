@@ -1,0 +1,122 @@
+"""Where evaluations run: in the driver, in spawned local processes, or as Ray tasks.
+
+Local workers are started with ``spawn`` (forking after JAX has started can deadlock), each
+limited to its share of the CPU threads, with the persistent XLA compilation cache on. With
+Ray, each evaluation is a task with its CPU/GPU resources and the controller stays in the driver.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from ..diagnostics import MnasError
+from .evaluators import EvalConfig, evaluate_safe
+
+Job = tuple[int, str, list[int], Any, Any]  # trial id, canonical spec, decision vector, network, lowered
+Result = tuple[int, str, Any]  # trial id, "ok" | "error", metrics or error text
+
+
+class Executor:
+    def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class InlineExecutor(Executor):
+    """In the driver process: no start-up cost; the fast path for analytic evaluators."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        for tid, spec, dec, net, low in jobs:
+            status, payload = evaluate_safe(self.cfg, spec, dec, net, low)
+            yield tid, status, payload
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+                               f" intra_op_parallelism_threads={threads}").strip()
+
+
+class ProcessExecutor(Executor):
+    def __init__(self, cfg: EvalConfig, workers: int) -> None:
+        self.cfg = cfg
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(threads,))
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        futs: dict[Future[Any], int] = {
+            self.pool.submit(evaluate_safe, self.cfg, s, d): tid for tid, s, d, _, _ in jobs}
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    status, payload = f.result()
+                except Exception as e:  # a worker died (out of memory, killed)
+                    status, payload = "error", f"worker failed: {type(e).__name__}: {e}"
+                yield futs[f], status, payload
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor(Executor):
+    def __init__(self, cfg: EvalConfig, workers: int, address: str | None, cpus: float = 1.0, gpus: float = 0.0
+                 ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise MnasError("the ray executor needs the `ray` package (pip install ray)") from None
+        self.ray = ray
+        self.cfg = cfg
+        try:
+            if not ray.is_initialized():
+                if address:
+                    ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                else:
+                    ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+        except Exception as e:
+            raise MnasError(f"cannot start or reach a Ray cluster ({address or 'local'}): {e}") from None
+        self.task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(evaluate_safe)
+        self.workers = workers
+        self.started_here = not address
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        ray = self.ray
+        refs = {self.task.remote(self.cfg, s, d): tid for tid, s, d, _, _ in jobs}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                try:
+                    status, payload = ray.get(r)
+                except Exception as e:
+                    status, payload = "error", f"ray task failed: {type(e).__name__}: {e}"
+                yield refs[r], status, payload
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, cfg: EvalConfig, workers: int, address: str | None = None) -> Executor:
+    if workers < 1:
+        raise MnasError(f"--workers must be >= 1, got {workers}")
+    if kind == "local":
+        return InlineExecutor(cfg) if workers == 1 else ProcessExecutor(cfg, workers)
+    if kind == "ray":
+        gpus = 1.0 if cfg.extra.get("gpu_per_task") else 0.0
+        return RayExecutor(cfg, workers, address, gpus=gpus)
+    raise MnasError(f"unknown executor {kind!r} (choose local or ray)")

@@ -1,0 +1,289 @@
+"""The search loop: the controller proposes, executors evaluate, SQLite remembers.
+
+Reward is the paper's Eq. 2, ACC(m) x (LAT(m)/T)^w with w = alpha if LAT <= T else beta.
+Rounds are the unit of controller work: a round's proposals and the controller state that made
+them are committed together, each finished trial is committed as it completes, and the round's
+observation commits the controller state again. A killed search resumes from the last commit:
+finished trials are never re-run, unfinished ones are run, and the controller continues from
+exactly the state it would have had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..diagnostics import MnasError
+from ..formatter import format as format_ir
+from ..lowering import lower
+from ..space import Space
+from .controllers import Controller, make_controller
+from .evaluators import EvalConfig, check_config
+from .executors import make_executor
+from .storage import SCHEMA_VERSION, Store
+
+SOFT = (-0.07, -0.07)
+HARD = (0.0, -1.0)
+
+
+def reward(acc: float, latency_ms: float, target_ms: float, alpha: float, beta: float) -> float:
+    w = alpha if latency_ms <= target_ms else beta
+    return float(acc * (latency_ms / target_ms) ** w)
+
+
+@dataclass
+class SearchConfig:
+    trials: int
+    target_ms: float
+    algo: str = "evolution"
+    alpha: float = SOFT[0]
+    beta: float = SOFT[1]
+    population: int = 50
+    tournament: int = 10
+    round_size: int | None = None
+    seed: int = 0
+    latency: str = "device"  # device | lut | measure
+    device: str = "pixel1"
+    lut: str | None = None
+    evaluator: EvalConfig = field(default_factory=EvalConfig)
+    executor: str = "local"
+    workers: int = 1
+    address: str | None = None
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for --resume to continue the same search."""
+        ev = asdict(self.evaluator)
+        for k in ("threads", "cache_dir"):
+            ev.pop(k, None)
+        return {"algo": self.algo, "alpha": self.alpha, "beta": self.beta, "target_ms": self.target_ms,
+                "population": self.population, "tournament": self.tournament, "round_size": self.rounds(),
+                "seed": self.seed, "latency": self.latency, "device": self.device, "lut": self.lut,
+                "evaluator": ev, "ppo": self.ppo}
+
+    def rounds(self) -> int:
+        if self.round_size:
+            return self.round_size
+        return max(self.workers, 10 if self.algo == "ppo" else 1)
+
+
+@dataclass
+class Summary:
+    trials: int
+    done: int
+    failed: int
+    best: dict[str, Any] | None
+    seconds: float
+    trials_per_s: float
+
+
+Progress = Callable[[int, int, float | None], None]
+
+
+def arch_key(low: Any) -> str:
+    return hashlib.blake2b(repr(low.signature()).encode(), digest_size=12).hexdigest()
+
+
+class _Latency:
+    def __init__(self, cfg: SearchConfig) -> None:
+        self.measure = cfg.latency == "measure"
+        self.est = None
+        if not self.measure:
+            from ..latency import Estimator, load_table
+
+            self.est = Estimator(load_table(device=cfg.device if cfg.latency == "device" else None,
+                                            lut=cfg.lut if cfg.latency == "lut" else None))
+
+    def __call__(self, low: Any) -> float | None:
+        return None if self.est is None else float(self.est.estimate_ms(low))
+
+
+def run_search(space: Space, db: str | Path, cfg: SearchConfig, *, resume: bool = False,
+               progress: Progress | None = None) -> Summary:
+    """Run (or resume) a search until ``cfg.trials`` trials have finished."""
+    if cfg.trials < 1:
+        raise MnasError(f"--trials must be >= 1, got {cfg.trials}")
+    if not cfg.target_ms > 0:
+        raise MnasError(f"--target-ms must be > 0, got {cfg.target_ms}")
+    check_config(cfg.evaluator)
+    dbp = Path(db)
+    existed = dbp.exists() and dbp.stat().st_size > 0
+    if resume and not existed:
+        raise MnasError(f"{dbp}: nothing to resume (no such database)")
+    store = Store(dbp, create=True)
+    try:
+        return _run(space, store, cfg, resume, existed, progress)
+    finally:
+        store.close()
+
+
+def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: bool,
+         progress: Progress | None) -> Summary:
+    space_text = format_ir(space.spec)
+    ident = cfg.identity()
+    if existed and store.total() > 0 and not resume:
+        raise MnasError(f"{store.path} already holds {store.total()} trials; pass --resume to continue that "
+                        "search, or choose another --db")
+    if resume:
+        if store.get_meta("space") is None:
+            raise MnasError(f"{store.path}: not a search database started by mnasdsl (no metadata)")
+        if store.get_meta("space") != space_text:
+            raise MnasError(f"{store.path} was searched over a different space; cannot resume with this one")
+        old = store.get_meta("config")
+        diff = sorted(k for k in ident if old.get(k) != ident[k])
+        if diff:
+            raise MnasError(f"{store.path} was started with different settings ({', '.join(diff)}); cannot resume")
+    store.set_meta({"schema_version": SCHEMA_VERSION, "space": space_text, "space_name": space.name,
+                    "config": ident, "trials_requested": cfg.trials,
+                    "proxy_label": cfg.evaluator.label})
+    controller = make_controller(cfg.algo, space, cfg.seed, population=cfg.population, tournament=cfg.tournament,
+                                 **cfg.ppo)
+    latency = _Latency(cfg)
+    executor = make_executor(cfg.executor, cfg.evaluator, cfg.workers, cfg.address)
+    t0 = time.perf_counter()
+    start_done = store.completed()
+    st = _State(store.total(), start_done, _best(store), progress, store.done_by_key())
+    deferred: list[Any] = []
+    try:
+        saved = store.latest_state()
+        rnd = -1
+        if saved is not None:
+            rnd, phase, blob = saved
+            controller.load_state(blob)
+            if phase == "proposed":
+                deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, {}, st)
+        while st.total < cfg.trials or st.completed < st.total:
+            rnd += 1
+            n = min(cfg.rounds(), cfg.trials - st.total)
+            vectors = controller.propose(n)
+            rows = []
+            built: dict[int, tuple[Any, Any]] = {}
+            for slot, v in enumerate(vectors):
+                net, low, sig = space.built(v)
+                built[slot] = (net, low)
+                rows.append((v, format_ir(net), hashlib.blake2b(repr(sig).encode(), digest_size=12).hexdigest()))
+            fresh = store.add_round(rnd, rows, controller.state(), prelude=deferred)
+            st.total += len(rows)
+            deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, built, st, fresh)
+        store.run_ops(deferred)
+    finally:
+        executor.close()
+    dt = time.perf_counter() - t0
+    counts = store.counts()
+    ran = store.completed() - start_done
+    return Summary(store.total(), counts.get("done", 0), counts.get("failed", 0), st.best, dt,
+                   ran / dt if dt > 0 else 0.0)
+
+
+@dataclass
+class _State:
+    total: int
+    completed: int
+    best: dict[str, Any] | None
+    progress: Progress | None
+    by_key: dict[str, Any]
+
+    def tick(self) -> None:
+        self.completed += 1
+        if self.progress is not None:
+            self.progress(self.completed, self.total, self.best["reward"] if self.best else None)
+
+
+def _best(store: Store) -> dict[str, Any] | None:
+    row = store.db.execute("SELECT id, spec, acc, latency_ms, reward FROM trials WHERE status='done' "
+                           "ORDER BY reward DESC, id LIMIT 1").fetchone()
+    if row is None:
+        return None
+    return {"id": row[0], "spec": row[1], "acc": row[2], "latency_ms": row[3], "reward": row[4]}
+
+
+def _finish_round(store: Store, space: Space, controller: Controller, executor: Any, latency: _Latency,
+                  cfg: SearchConfig, rnd: int, built: dict[int, tuple[Any, Any]], st: _State,
+                  trials: list[Any] | None = None) -> list[Any]:
+    """Evaluate a round's pending trials and observe it. Each evaluated trial is committed as it
+    finishes, except the last, which is returned (with the copies and the observed controller
+    state) for the commit that also proposes the next round."""
+    if trials is None:
+        trials = store.round_trials(rnd)
+    by_id = {t.id: t for t in trials}
+    result: dict[int, tuple[str, float | None]] = {t.id: (t.status, t.reward) for t in trials}
+    deferred: list[Any] = []
+    jobs = []
+    first_of: dict[str, int] = {}
+    lows: dict[int, Any] = {}
+
+    def done(tid: int, reward_: float | None, defer: list[Any] | None, **kw: Any) -> None:
+        store.finish(tid, defer=defer, **kw)
+        result[tid] = (kw["status"], reward_)
+        if reward_ is not None and (st.best is None or reward_ > st.best["reward"]):
+            st.best = {"id": tid, "spec": by_id[tid].spec, "acc": kw["acc"], "latency_ms": kw["latency_ms"],
+                       "reward": reward_}
+        st.tick()
+
+    for t in trials:
+        if t.status != "pending":
+            continue
+        net, low = built.get(t.slot) or (None, None)
+        if low is None:
+            net = space.decode(t.decisions)
+            low = lower(net)
+        lows[t.id] = low
+        hit = st.by_key.get(t.arch_key)
+        if hit is not None:  # identical specs are evaluated once
+            done(t.id, hit.reward, deferred, status="done", acc=hit.acc, latency_ms=hit.latency_ms,
+                 params=hit.params, macs=hit.macs, reward=hit.reward, cached_from=hit.id, worker=hit.worker,
+                 eval_s=0.0)
+            continue
+        if t.arch_key in first_of:
+            continue
+        first_of[t.arch_key] = t.id
+        jobs.append((t.id, t.spec, t.decisions, net, low))
+    outcome: dict[int, dict[str, Any]] = {}
+    for k, (tid, status, payload) in enumerate(executor.run(jobs), start=1):
+        defer = deferred if k == len(jobs) else None
+        if status == "ok":
+            lat = payload.get("latency_ms")
+            if lat is None:
+                lat = latency(lows[tid])
+            if lat is None or not lat > 0:
+                outcome[tid] = dict(status="failed", error="no latency measurement", worker=payload.get("worker"))
+                done(tid, None, defer, **outcome[tid])
+            else:
+                r = reward(payload["acc"], lat, cfg.target_ms, cfg.alpha, cfg.beta)
+                outcome[tid] = dict(status="done", acc=payload["acc"], latency_ms=lat, params=payload["params"],
+                                    macs=payload["macs"], reward=r, worker=payload.get("worker"),
+                                    eval_s=payload.get("eval_s"))
+                done(tid, r, defer, **outcome[tid])
+                st.by_key.setdefault(by_id[tid].arch_key, _as_trial(by_id[tid], outcome[tid], tid))
+        else:
+            outcome[tid] = dict(status="failed", error=str(payload)[:4000])
+            done(tid, None, defer, **outcome[tid])
+    # Duplicates inside the round copy the first evaluation.
+    for t in trials:
+        if result[t.id][0] == "pending":
+            src = first_of.get(t.arch_key)
+            o = outcome.get(src) if src is not None else None
+            if o is None and src is not None and result.get(src, ("pending",))[0] != "pending":
+                hit = next(x for x in store.round_trials(rnd) if x.id == src)
+                o = dict(status=hit.status, acc=hit.acc, latency_ms=hit.latency_ms, params=hit.params,
+                         macs=hit.macs, reward=hit.reward, error=hit.error, worker=hit.worker)
+            if o is not None and o["status"] == "done":
+                done(t.id, o["reward"], deferred, **{**o, "cached_from": src, "eval_s": 0.0})
+            else:
+                err = (o or {}).get("error") or "evaluation failed"
+                done(t.id, None, deferred, status="failed", error=err, cached_from=src)
+    controller.observe([t.decisions for t in trials],
+                       [result[t.id][1] if result[t.id][0] == "done" else None for t in trials])
+    store.observed(rnd, controller.state(), defer=deferred)
+    return deferred
+
+
+def _as_trial(t: Any, o: dict[str, Any], tid: int) -> Any:
+    from .storage import Trial
+
+    return Trial(tid, t.round, t.slot, t.decisions, t.spec, t.arch_key, "done", o["acc"], o["latency_ms"],
+                 o["params"], o["macs"], o["reward"], None, None, o.get("worker"), o.get("eval_s"))

@@ -1,0 +1,100 @@
+"""Reports over a search database: Pareto front, top-k, latency histogram, and a plot in the
+style of the paper's Fig. 6 (sampled models as points, the Pareto curve, latencies below)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..diagnostics import MnasError
+from .storage import Store, Trial
+
+
+def pareto(trials: list[Trial]) -> list[Trial]:
+    """Non-dominated trials (higher accuracy, lower latency), one per architecture, by latency."""
+    uniq: dict[str, Trial] = {}
+    for t in trials:
+        if t.cached_from is None and t.arch_key not in uniq:
+            uniq[t.arch_key] = t
+    front: list[Trial] = []
+    best_acc = -np.inf
+    for t in sorted(uniq.values(), key=lambda t: (t.latency_ms, -(t.acc or 0.0))):
+        if (t.acc or 0.0) > best_acc:
+            front.append(t)
+            best_acc = t.acc or 0.0
+    return front
+
+
+def summarize(db: str | Path, top: int = 10, bins: int = 20) -> dict[str, Any]:
+    store = Store(db, create=False)
+    try:
+        if store.get_meta("space") is None:
+            raise MnasError(f"{db}: not a search database started by mnasdsl (no metadata)")
+        done = store.trials("done")
+        counts = store.counts()
+        meta = {"space": store.get_meta("space_name"), "config": store.get_meta("config"),
+                "accuracy_is": store.get_meta("proxy_label") or "measured (validation accuracy)"}
+    finally:
+        store.close()
+    front = pareto(done)
+    ranked = sorted((t for t in done if t.cached_from is None), key=lambda t: -(t.reward or 0.0))
+    lats = np.asarray([t.latency_ms for t in done if t.cached_from is None], float)
+    hist: dict[str, list[float]] = {"counts": [], "edges": []}
+    if len(lats):
+        c, e = np.histogram(lats, bins=bins)
+        hist = {"counts": c.tolist(), "edges": e.tolist()}
+
+    def row(t: Trial) -> dict[str, Any]:
+        return {"id": t.id, "spec": t.spec, "acc": t.acc, "latency_ms": t.latency_ms, "reward": t.reward,
+                "params": t.params, "macs": t.macs}
+
+    return {
+        **meta,
+        "trials": counts.get("done", 0) + counts.get("failed", 0),
+        "done": counts.get("done", 0),
+        "failed": counts.get("failed", 0),
+        "pending": counts.get("pending", 0),
+        "unique": len(ranked),
+        "pareto": [row(t) for t in front],
+        "top": [row(t) for t in ranked[:top]],
+        "best": row(ranked[0]) if ranked else None,
+        "latency_histogram": hist,
+        "_points": [(t.latency_ms, t.acc, t.reward) for t in done if t.cached_from is None],
+    }
+
+
+def plot(summary: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = np.asarray(summary["_points"], float).reshape(-1, 3)
+    target = (summary.get("config") or {}).get("target_ms")
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if len(pts):
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=pts[:, 2], cmap="viridis", s=14, alpha=0.8, label="sampled models")
+        fig.colorbar(sc, ax=ax, label="reward")
+        front = summary["pareto"]
+        ax.plot([p["latency_ms"] for p in front], [p["acc"] for p in front], "r-o", ms=4, lw=1.5, label="Pareto front")
+        axh.hist(pts[:, 0], bins=30, color="steelblue")
+    if target:
+        for a in (ax, axh):
+            a.axvline(float(target), color="k", ls="--", lw=1)
+    label = summary.get("accuracy_is") or "accuracy"
+    ax.set_ylabel("accuracy" if label.startswith("measured") else f"accuracy ({label})", fontsize=8)
+    ax.set_title(f"search over {summary.get('space')}: {summary['trials']} trials")
+    ax.legend(loc="lower right", fontsize=8)
+    axh.set_xlabel("latency (ms)")
+    axh.set_ylabel("models")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+    except OSError as e:
+        raise MnasError(f"{path}: cannot write plot: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

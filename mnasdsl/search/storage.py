@@ -1,0 +1,241 @@
+"""Trial storage: one SQLite database per search, in WAL mode.
+
+Every completed trial is committed on its own, so a kill -9 loses at most the trials still in
+flight. Controller state is saved in the same transaction that proposes a round (phase
+``proposed``) and again with the round's results (phase ``observed``), so a resumed search
+replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..diagnostics import MnasError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    decisions TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    arch_key TEXT NOT NULL,
+    status TEXT NOT NULL,            -- pending | done | failed
+    acc REAL, latency_ms REAL, params INTEGER, macs INTEGER, reward REAL,
+    cached_from INTEGER,
+    error TEXT,
+    worker TEXT,
+    eval_s REAL,
+    created REAL NOT NULL,
+    finished REAL,
+    UNIQUE (round, slot)
+);
+CREATE INDEX IF NOT EXISTS trials_key ON trials (arch_key, status);
+CREATE TABLE IF NOT EXISTS controller (
+    round INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    state BLOB NOT NULL,
+    saved REAL NOT NULL,
+    PRIMARY KEY (round, phase)
+);
+"""
+
+
+@dataclass
+class Trial:
+    id: int
+    round: int
+    slot: int
+    decisions: list[int]
+    spec: str
+    arch_key: str
+    status: str
+    acc: float | None
+    latency_ms: float | None
+    params: int | None
+    macs: int | None
+    reward: float | None
+    cached_from: int | None
+    error: str | None
+    worker: str | None
+    eval_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("id", "round", "decisions", "spec", "status", "acc", "latency_ms",
+                                             "params", "macs", "reward", "cached_from", "error", "worker", "eval_s")}
+
+
+Op = tuple[str, tuple[Any, ...]]
+
+_COLS = "id, round, slot, decisions, spec, arch_key, status, acc, latency_ms, params, macs, reward, cached_from, " \
+        "error, worker, eval_s"
+
+
+def _trial(row: tuple[Any, ...]) -> Trial:
+    r = list(row)
+    r[3] = json.loads(r[3])
+    return Trial(*r)
+
+
+class Store:
+    def __init__(self, path: str | Path, *, create: bool) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise MnasError(f"{self.path}: no such search database")
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MnasError(f"{self.path}: cannot create directory: {e.strerror or e}") from None
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self.db.executescript(_SCHEMA)
+            self._check()
+        except sqlite3.DatabaseError as e:
+            raise MnasError(f"{self.path}: not a usable mnasdsl search database ({e})") from None
+
+    def _check(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "trials", "controller"} <= tables:
+            raise MnasError(f"{self.path}: not an mnasdsl search database (missing tables)")
+        v = self.get_meta("schema_version")
+        if v is not None and int(v) != SCHEMA_VERSION:
+            raise MnasError(f"{self.path}: database schema version {v}, this mnasdsl reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- metadata ------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, items: dict[str, Any]) -> None:
+        with self.tx():
+            for k, v in items.items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    # -- transactions --------------------------------------------------------------------------
+    def tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    # -- trials --------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
+
+    def total(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+
+    def completed(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM trials WHERE status != 'pending'").fetchone()[0])
+
+    def last_round(self) -> int:
+        row = self.db.execute("SELECT MAX(round) FROM trials").fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def add_round(self, rnd: int, rows: list[tuple[list[int], str, str]], state: bytes,
+                  prelude: list[Op] | None = None) -> list[Trial]:
+        """Insert a round's pending trials and the controller state that proposed them, atomically
+        (after ``prelude``: the previous round's deferred last writes, so one commit serves both)."""
+        ids: list[Trial] = []
+        now = time.time()
+        with self.tx():
+            for sql, args in prelude or ():
+                self.db.execute(sql, args)
+            for slot, (dec, spec, key) in enumerate(rows):
+                cur = self.db.execute(
+                    "INSERT INTO trials (round, slot, decisions, spec, arch_key, status, created) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?)", (rnd, slot, json.dumps(dec), spec, key, now))
+                ids.append(Trial(int(cur.lastrowid or 0), rnd, slot, list(dec), spec, key, "pending", None, None,
+                                 None, None, None, None, None, None, None))
+            self.db.execute("INSERT OR REPLACE INTO controller VALUES (?, 'proposed', ?, ?)", (rnd, state, now))
+            self.db.execute("DELETE FROM controller WHERE round < ?", (rnd - 1,))  # keep the last two rounds
+        return ids
+
+    def finish(self, trial_id: int, *, status: str, acc: float | None = None, latency_ms: float | None = None,
+               params: int | None = None, macs: int | None = None, reward: float | None = None,
+               cached_from: int | None = None, error: str | None = None, worker: str | None = None,
+               eval_s: float | None = None, defer: list[Op] | None = None) -> None:
+        """Record a finished trial: committed at once, or appended to ``defer`` for a later commit."""
+        op = ("UPDATE trials SET status=?, acc=?, latency_ms=?, params=?, macs=?, reward=?, cached_from=?, "
+              "error=?, worker=?, eval_s=?, finished=? WHERE id=?",
+              (status, acc, latency_ms, params, macs, reward, cached_from, error, worker, eval_s, time.time(),
+               trial_id))
+        if defer is not None:
+            defer.append(op)
+            return
+        with self.tx():
+            self.db.execute(*op)
+
+    def observed(self, rnd: int, state: bytes, defer: list[Op] | None = None) -> None:
+        op = ("INSERT OR REPLACE INTO controller VALUES (?, 'observed', ?, ?)", (rnd, state, time.time()))
+        if defer is not None:
+            defer.append(op)
+            return
+        with self.tx():
+            self.db.execute(*op)
+
+    def run_ops(self, ops: list[Op]) -> None:
+        if ops:
+            with self.tx():
+                for sql, args in ops:
+                    self.db.execute(sql, args)
+
+    def done_by_key(self) -> dict[str, Trial]:
+        """First finished evaluation of each architecture (for evaluating identical specs once)."""
+        out: dict[str, Trial] = {}
+        for r in self.db.execute(f"SELECT {_COLS} FROM trials WHERE status='done' AND cached_from IS NULL "
+                                 "ORDER BY id"):
+            t = _trial(r)
+            out.setdefault(t.arch_key, t)
+        return out
+
+    def latest_state(self) -> tuple[int, str, bytes] | None:
+        row = self.db.execute(
+            "SELECT round, phase, state FROM controller ORDER BY round DESC, phase = 'observed' DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
+
+    def round_trials(self, rnd: int) -> list[Trial]:
+        return [_trial(r) for r in self.db.execute(
+            f"SELECT {_COLS} FROM trials WHERE round=? ORDER BY slot", (rnd,))]
+
+    def cached(self, arch_key: str) -> Trial | None:
+        row = self.db.execute(
+            f"SELECT {_COLS} FROM trials WHERE arch_key=? AND status='done' AND cached_from IS NULL "
+            "ORDER BY id LIMIT 1", (arch_key,)).fetchone()
+        return None if row is None else _trial(row)
+
+    def trials(self, status: str | None = None) -> list[Trial]:
+        if status is None:
+            rows = self.db.execute(f"SELECT {_COLS} FROM trials ORDER BY id")
+        else:
+            rows = self.db.execute(f"SELECT {_COLS} FROM trials WHERE status=? ORDER BY id", (status,))
+        return [_trial(r) for r in rows]
+
+    def iter_done(self) -> Iterator[Trial]:
+        for r in self.db.execute(f"SELECT {_COLS} FROM trials WHERE status='done' ORDER BY id"):
+            yield _trial(r)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
