@@ -497,7 +497,8 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
                      fields.get("skip", "default"), fields.get("act"))
 
 
-_BLOCK_FIELDS = tuple(Block.model_fields)
+# Shared: pydantic copies fields_set before mutating it (model_copy), so one set serves all.
+_BLOCK_FIELDS_SET = set(Block.model_fields)
 _obj_setattr = object.__setattr__
 
 
@@ -510,7 +511,7 @@ def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, 
         "span": span, "spans": spans, "op": op, "repeats": repeats, "kernel": kernel, "stride": stride,
         "expansion": expansion, "input": input, "output": output, "output_factor": output_factor, "se": se,
         "skip": skip, "act": act})
-    _obj_setattr(b, "__pydantic_fields_set__", set(_BLOCK_FIELDS))
+    _obj_setattr(b, "__pydantic_fields_set__", _BLOCK_FIELDS_SET)
     _obj_setattr(b, "__pydantic_extra__", None)
     _obj_setattr(b, "__pydantic_private__", None)
     return b
@@ -525,7 +526,8 @@ _STRIDES = {"1": (1, 1), "2": (2, 2), "11": (1, 1), "22": (2, 2), "12": (1, 2), 
 _SKIPS = {None: "default", "id": "default", "noskip": "noskip", "pool": "pool"}
 
 
-def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block") -> Block | None:
+def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span: Span | None = None
+               ) -> Block | None:
     """Concrete, valid, canonically ordered block strings in one regex; None defers to the
     grammar (which also produces every diagnostic). Proven equivalent by a hypothesis test."""
     m = _CANON.match(text)
@@ -577,7 +579,8 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block") -> B
         ratio = float(se)
         if ratio > 1.0:
             return None
-    span = Span(line, col, line, col + len(text))
+    if span is None:
+        span = Span(line, col, line, col + len(text))
     spans = {}
     if cin is not None:
         a = m.start(6)
@@ -607,7 +610,7 @@ def build_space_block(elems: tuple[Elem, ...], span: Span | None, sink: Diagnost
 
 def block_from_text(text: str, span: Span, sink: DiagnosticSink, role: str = "block") -> Block | None:
     """Fast path first (blocks only), then the grammar and the builder."""
-    b = fast_block(text, span.line, span.col, role)
+    b = fast_block(text, span.line, span.col, role, span)
     if b is not None:
         return b
     try:

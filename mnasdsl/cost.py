@@ -63,11 +63,12 @@ def layer_cost(layer: Layer) -> tuple[int, int]:
 def cost_lowered(lowered: LoweredNetwork) -> Cost:
     rows = []
     tp = tm = 0
+    new = tuple.__new__
     for layer in lowered.layers:
         p, m = layer_cost(layer)
         tp += p
         tm += m
-        rows.append(LayerCost(layer.name, p, m))
+        rows.append(new(LayerCost, (layer.name, p, m)))
     return Cost(tp, tm, tuple(rows))
 
 

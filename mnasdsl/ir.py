@@ -164,6 +164,8 @@ class Network(Node):
         classes: int | None = None,
     ) -> Network:
         """Overrides replace the file's values (they never multiply them)."""
+        if width is None and depth is None and resolution is None and classes is None:
+            return self
         from .validate import check_overrides
 
         check_overrides(width=width, depth=depth, resolution=resolution, classes=classes)

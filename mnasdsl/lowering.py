@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 from .diagnostics import Diagnostic, MnasError
 from .ir import Block, Network
-from .rounding import expanded_channels, round_filters, round_repeats, se_channels
+from .rounding import round_filters, round_repeats
 
 LayerKind = Literal["stem", "block", "head", "classifier"]
 ResolvedSkip = Literal["none", "identity", "pool"]
@@ -77,10 +77,14 @@ def lower(
     classes: int | None = None,
 ) -> LoweredNetwork:
     """Turn a Network into concrete layers with shapes (overrides replace the file's values)."""
-    net = network.scaled(width=width, depth=depth, resolution=resolution, classes=classes)
+    if width is None and depth is None and resolution is None and classes is None:
+        net = network
+    else:
+        net = network.scaled(width=width, depth=depth, resolution=resolution, classes=classes)
     w_mult, d_mult, div, mind = net.width, net.depth, net.divisor, net.min_depth
     default_act = net.activation
     h, w, c = net.input
+    new = tuple.__new__  # the hot path: a search loop lowers every sampled network
     layers: list[Layer] = []
 
     stem = net.stem
@@ -99,26 +103,26 @@ def lower(
                     f"block {bi} declares {expect} input channels (i{blk.input}) but receives {c}",
                     blk.field_span("input")))
         act = blk.act or default_act
-        for r in range(round_repeats(blk.repeats, d_mult)):
-            stride = blk.stride if r == 0 else (1, 1)
+        op, k, e, ratio, bskip = blk.op, blk.kernel, blk.expansion, blk.se, blk.skip
+        repeats = blk.repeats if d_mult == 1.0 else round_repeats(blk.repeats, d_mult)
+        stride = blk.stride
+        for r in range(repeats):
+            if r:
+                stride = (1, 1)
             cin = c
-            oh, ow = _out_hw(h, w, stride)
-            if blk.op == "mb":
-                mid = expanded_channels(cin, blk.expansion)
-            elif blk.op == "ds":
-                mid = cin
+            oh, ow = -(-h // stride[0]), -(-w // stride[1])
+            mid = int(cin * e + 0.5) if op == "mb" else cin if op == "ds" else cout
+            same = cin == cout and stride == (1, 1)
+            if bskip == "noskip":
+                skip: ResolvedSkip = "none"
+            elif same:
+                skip = "identity"
             else:
-                mid = cout
-            same = stride == (1, 1) and cin == cout
-            if blk.skip == "default":
-                skip: ResolvedSkip = "identity" if same else "none"
-            elif blk.skip == "pool":
-                skip = "identity" if same else "pool"
-            else:
-                skip = "none"
-            layers.append(Layer(
-                f"blocks.{bi}.{r}", "block", blk.op, bi, r, (h, w, cin), (oh, ow, cout), blk.kernel, stride,
-                blk.expansion, mid, blk.se, se_channels(cin, blk.se), skip, skip == "pool" and cin != cout, act))
+                skip = "pool" if bskip == "pool" else "none"
+            se = (max(1, int(cin * ratio)) if ratio > 0 else 0)
+            layers.append(new(Layer, (
+                f"blocks.{bi}.{r}", "block", op, bi, r, (h, w, cin), (oh, ow, cout), k, stride,
+                e, mid, ratio, se, skip, skip == "pool" and cin != cout, act)))
             h, w, c = oh, ow, cout
 
     head = net.head

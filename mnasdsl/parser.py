@@ -175,7 +175,7 @@ def statements_fast(text: str) -> list[Stmt] | None:
     if not _RE_PLAIN_TEXT.match(text):
         return None
     out: list[Stmt] = []
-    new_span = Span._make
+    tnew = tuple.__new__
     ln = 0
     for raw in text.split("\n"):
         ln += 1
@@ -188,7 +188,7 @@ def statements_fast(text: str) -> list[Stmt] | None:
             t = parts[0]
             c = body.index(t) + 1
             toks = [(t, c)]
-            whole = new_span((ln, c, ln, c + len(t)))
+            whole = tnew(Span, (ln, c, ln, c + len(t)))
             spans: tuple[Span, ...] = (whole,)
         else:
             toks = []
@@ -197,8 +197,8 @@ def statements_fast(text: str) -> list[Stmt] | None:
                 pos = body.index(t, pos)
                 toks.append((t, pos + 1))
                 pos += len(t)
-            spans = tuple([new_span((ln, c, ln, c + len(t))) for t, c in toks])
-            whole = new_span((ln, toks[0][1], ln, spans[-1][3]))
+            spans = tuple([tnew(Span, (ln, c, ln, c + len(t))) for t, c in toks])
+            whole = tnew(Span, (ln, toks[0][1], ln, spans[-1][3]))
         first = parts[0]
         if first in ("network", "space"):
             if len(toks) == 2 and toks[1][0].endswith(":") and _RE_NAME.match(toks[1][0][:-1]):
@@ -300,6 +300,11 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
     in_blocks = False
     head_span: Span | None = None
     for s in unit.stmts:
+        if s.kind == "block_line" and in_blocks and not is_space:  # the common line, first
+            for text, bsp in zip(s.args, s.arg_spans):
+                block_spans.append(bsp)
+                blocks.append(block_from_text(text, bsp, sink))
+            continue
         if s.kind != "block_line":
             if s.kind in seen:
                 sink.error(f"duplicate `{_SETTING_NAMES[s.kind]}` (first given on line {seen[s.kind].line})", s.span)

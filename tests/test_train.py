@@ -38,13 +38,13 @@ TINY = textwrap.dedent("""\
 @pytest.fixture(scope="module", autouse=True)
 def no_user_compile_cache() -> Iterator[None]:
     """The CLI turns on JAX's persistent cache in ~/.cache; tests must not write there."""
-    old = os.environ.get("MNASDSL_NO_JAX_CACHE")
-    os.environ["MNASDSL_NO_JAX_CACHE"] = "1"
+    old = os.environ.get("MNASDSL_JAX_CACHE")
+    os.environ["MNASDSL_JAX_CACHE"] = "0"
     yield
     if old is None:
-        os.environ.pop("MNASDSL_NO_JAX_CACHE", None)
+        os.environ.pop("MNASDSL_JAX_CACHE", None)
     else:
-        os.environ["MNASDSL_NO_JAX_CACHE"] = old
+        os.environ["MNASDSL_JAX_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

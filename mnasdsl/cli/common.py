@@ -127,3 +127,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
+
+
+def enable_compilation_cache() -> None:
+    """Persist XLA executables across runs (CLI only, so train, eval, predict and compile of one
+    network compile once). MNASDSL_JAX_CACHE=0 disables it; MNASDSL_JAX_CACHE=DIR names the directory;
+    a JAX_COMPILATION_CACHE_DIR set by the user wins."""
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    where = os.environ.get("MNASDSL_JAX_CACHE")
+    if where in ("0", ""):
+        return
+    base = Path(where) if where else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnasdsl/jax"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(base))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except (OSError, AttributeError, ValueError):
+        pass  # a cache is an optimization; never fail a compile over it

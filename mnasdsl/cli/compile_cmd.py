@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from .common import (
     add_network_args,
     atomic_write_bytes,
     atomic_write_text,
+    enable_compilation_cache,
     load_network,
     positive_int,
     print_json,
@@ -63,22 +63,6 @@ def _platforms(text: str | None) -> list[str] | None:
     if bad:
         raise UsageError(f"unknown platform {bad[0]!r} (expected {', '.join(PLATFORMS)}, comma-separated)")
     return names
-
-
-def enable_compilation_cache() -> None:
-    """Persist XLA executables across runs (CLI only; MNASDSL_JAX_CACHE=0 disables, or names the dir)."""
-    import jax
-
-    where = os.environ.get("MNASDSL_JAX_CACHE")
-    if where in ("0", ""):
-        return
-    base = Path(where) if where else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnasdsl/jax"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(base))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    except (OSError, AttributeError, ValueError):
-        pass  # a cache is an optimization; never fail a compile over it
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

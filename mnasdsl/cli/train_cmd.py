@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..diagnostics import MnasError
 from ..ir import Network
-from .common import UsageError, add_network_args, load_network, positive_float, positive_int, print_json
+from .common import (
+    UsageError,
+    add_network_args,
+    enable_compilation_cache,
+    load_network,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 
 def register(sub: Any) -> None:
@@ -56,20 +63,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _enable_compile_cache() -> None:
-    """Reuse compiled XLA programs across runs (train, then eval, then predict compile the same network)."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("MNASDSL_NO_JAX_CACHE"):
-        return
-    import jax
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnasdsl" / "jax"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import fit, open_source
 
@@ -79,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     source = open_source(args.data)
     if args.classes is None:
         net = net.scaled(classes=source.num_classes)
-    _enable_compile_cache()
+    enable_compilation_cache()
     verbose = not args.quiet
     result = fit(net, source, epochs=args.epochs, batch=args.batch, recipe=args.recipe, seed=args.seed,
                  out=args.out, lr=args.lr, resume=args.resume, recalibrate_bn=args.recal,
@@ -118,7 +111,7 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
         names = tuple(str(c) for c in meta["classes"])
         if len(names) != net.classes:
             raise MnasError(f"{ckpt}: trained for {len(names)} classes, but --classes is {net.classes}")
-    _enable_compile_cache()
+    enable_compilation_cache()
     return net, load_params(net, ckpt), names
 
 
