@@ -260,3 +260,13 @@ def test_report_errors(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyp
     junk.write_bytes(b"not a database at all" * 100)
     rc, _, err = run(capsys, "report", str(junk))
     assert rc == 1 and "not" in err
+
+
+def test_zero_cost_and_measured_latency(tmp_path: Path) -> None:
+    sp = space_from_text(TINY)
+    ev = EvalConfig(kind="zero-cost", resolution=16, batch=8)
+    s = run_search(sp, tmp_path / "z.sqlite", cfg(trials=2, algo="random", evaluator=ev))
+    assert s.done == 2 and s.best is not None and 0.0 < s.best["acc"] < 1.0
+    ev = EvalConfig(kind="latency-only", measure=True)
+    s = run_search(sp, tmp_path / "m.sqlite", cfg(trials=2, algo="random", latency="measure", evaluator=ev))
+    assert s.done == 2 and s.best is not None and s.best["latency_ms"] > 0.0

@@ -139,15 +139,15 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
         raise MnasError(f"no readable images in {src.name} for the zero-cost score")
     images = np.stack([im for im, _ in loaded]).astype(np.float32) / 255.0
     labels = np.asarray([lab for _, lab in loaded])
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x, y = jnp.asarray(images), jnp.asarray(labels)
 
-    def loss(p: Any) -> jax.Array:
-        m = nnx.merge(graphdef, p, rest)
-        logits = m(jnp.asarray(images), train=True)
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(labels)[:, None], 1))
+    def loss(m: Any) -> jax.Array:
+        logits = m(x, train=True)  # batch statistics, as in training
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
-    grads = jax.jit(jax.grad(loss))(params)
-    g = float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grads))))
+    # nnx.grad differentiates w.r.t. the parameters and lets BN update its running statistics.
+    grads = nnx.jit(nnx.grad(loss))(model)
+    g = float(jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(grads))))
     if not math.isfinite(g):
         raise MnasError("zero-cost score is not finite")
     return g / (1.0 + g)
