@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import random
 import re
 import time
@@ -87,21 +88,30 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="distinct block strings")
     ap.add_argument("--networks", type=int, default=5_000)
     args = ap.parse_args()
-    strings = distinct_strings(args.n)
-    peer = rate(peer_decode, strings)
-    ours = rate(parse_block, strings)
-    lark_n = strings[: max(1000, args.n // 20)]
-    lark = block_parser()
-    bare = rate(lark.parse, lark_n)
-    repeated = strings[:1000] * (args.n // 1000)
-    memo = rate(parse_block_cached, repeated)
+
+    # Each figure is measured from a clean heap (the earlier sections' garbage would otherwise
+    # be scanned by the cyclic GC during the later ones).
     texts = [NETWORK.format(i=i, a=1 + i % 4, b=40 + 8 * (i % 50)) for i in range(args.networks)]
 
     def whole(text: str) -> None:
         (net,) = parse_units(text)
         cost_lowered(lower(net))
 
+    gc.collect()
     nets = rate(whole, texts)
+    del texts
+    strings = distinct_strings(args.n)
+    gc.collect()
+    peer = rate(peer_decode, strings)
+    gc.collect()
+    ours = rate(parse_block, strings)
+    lark_n = strings[: max(1000, args.n // 20)]
+    lark = block_parser()
+    gc.collect()
+    bare = rate(lark.parse, lark_n)
+    repeated = strings[:1000] * (args.n // 1000)
+    gc.collect()
+    memo = rate(parse_block_cached, repeated)
     print(f"{'what':<48}{'per second':>14}")
     print(f"{'mnasdsl block strings, distinct (cold)':<48}{ours:>14,.0f}")
     print(f"{'peer: regex-split decoder (TF reference style)':<48}{peer:>14,.0f}")
