@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,7 @@ def _rng_from(state: dict[str, Any]) -> np.random.Generator:
     return g
 
 
-class Controller:
+class Controller(ABC):
     """Base class; subclasses implement propose/observe and their state."""
 
     name = "base"
@@ -42,11 +43,12 @@ class Controller:
         self.space = space
         self.rng = np.random.default_rng(seed)
 
+    @abstractmethod
     def propose(self, n: int) -> list[Vector]:
         raise NotImplementedError
 
-    def observe(self, vectors: Sequence[Vector], rewards: Sequence[float | None]) -> None:
-        """``None`` rewards are failed trials."""
+    def observe(self, vectors: Sequence[Vector], rewards: Sequence[float | None]) -> None:  # noqa: B027
+        """Feed results back (``None`` rewards are failed trials); stateless controllers ignore them."""
 
     def state(self) -> bytes:
         return json.dumps({"rng": _rng_state(self.rng)}).encode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -20,12 +21,13 @@ Job = tuple[int, str, list[int], Any, Any]  # trial id, canonical spec, decision
 Result = tuple[int, str, Any]  # trial id, "ok" | "error", metrics or error text
 
 
-class Executor:
+class Executor(ABC):
+    @abstractmethod
     def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - executors without resources have nothing to release
+        """Release workers / the cluster connection."""
 
 
 class InlineExecutor(Executor):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,7 +97,7 @@ def decode_image(path: str | Path, size: tuple[int, int], channels: int,
     return _to_channels(arr, channels)
 
 
-class Split:
+class Split(ABC):
     """Index-addressable examples: ``labels`` plus ``load(i, size, channels, rng)`` -> uint8 image or None."""
 
     labels: np.ndarray
@@ -104,6 +105,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @abstractmethod
     def load(self, i: int, size: tuple[int, int], channels: int,
              rng: np.random.Generator | None) -> np.ndarray | None:
         raise NotImplementedError
