@@ -11,13 +11,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from ..diagnostics import MnasError
+from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported for commands
 from ..ir import Network
 from ..parser import parse_units, read_source, select
 
@@ -99,34 +98,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError as e:
-        raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if p.exists():
-            os.chmod(tmp, p.stat().st_mode & 0o777)
-        os.replace(tmp, p)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
 
 
 def enable_compilation_cache() -> None:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli.common import atomic_write_text
+from ..fsutil import atomic_write_text
 from .lut import import_proxylessnas
 from .model import fit_lut
 from .published import load_spec, read_published

@@ -28,32 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import MnasError
+from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - used by loop via this module
 
 TRAIN_FORMAT = "mnasdsl-train/1"
 KEEP = 2  # completed epoch checkpoints kept (the newest and one before it)
 _EPOCH_RE = re.compile(r"^epoch_(\d{4,})$")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temporary file + fsync + rename: readers see the old or the new file, never half of one."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def check_writable(out: Path) -> None:
