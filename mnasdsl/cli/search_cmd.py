@@ -55,9 +55,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ..latency.estimator import HARD, SOFT
     from ..parser import parse_units, read_source, select
     from ..search.evaluators import EvalConfig
-    from ..search.loop import HARD, SOFT, SearchConfig, run_search
+    from ..search.loop import SearchConfig, run_search
     from ..space import Space
 
     if (args.alpha is None) != (args.beta is None):

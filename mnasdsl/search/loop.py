@@ -19,6 +19,7 @@ from typing import Any
 
 from ..diagnostics import MnasError
 from ..formatter import format as format_ir
+from ..latency.estimator import SOFT, objective_factor
 from ..lowering import lower
 from ..space import Space
 from .controllers import Controller, make_controller
@@ -26,13 +27,10 @@ from .evaluators import EvalConfig, check_config
 from .executors import make_executor
 from .storage import SCHEMA_VERSION, Store
 
-SOFT = (-0.07, -0.07)
-HARD = (0.0, -1.0)
-
 
 def reward(acc: float, latency_ms: float, target_ms: float, alpha: float, beta: float) -> float:
-    w = alpha if latency_ms <= target_ms else beta
-    return float(acc * (latency_ms / target_ms) ** w)
+    """Eq. 2: ACC x (LAT/T)^w."""
+    return float(acc) * objective_factor(latency_ms, target_ms, alpha, beta)
 
 
 @dataclass
@@ -84,8 +82,9 @@ class Summary:
 Progress = Callable[[int, int, float | None], None]
 
 
-def arch_key(low: Any) -> str:
-    return hashlib.blake2b(repr(low.signature()).encode(), digest_size=12).hexdigest()
+def arch_key(signature: tuple[object, ...]) -> str:
+    """Identity of a network for dedupe: a hash of its lowered signature."""
+    return hashlib.blake2b(repr(signature).encode(), digest_size=12).hexdigest()
 
 
 class _Latency:
@@ -165,7 +164,7 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
             for slot, v in enumerate(vectors):
                 net, low, sig = space.built(v)
                 built[slot] = (net, low)
-                rows.append((v, format_ir(net), hashlib.blake2b(repr(sig).encode(), digest_size=12).hexdigest()))
+                rows.append((v, format_ir(net), arch_key(sig)))
             fresh = store.add_round(rnd, rows, controller.state(), prelude=deferred)
             st.total += len(rows)
             deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, built, st, fresh)
