@@ -118,3 +118,22 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except (OSError, AttributeError, ValueError):
         pass  # a cache is an optimization; never fail a compile over it
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(x) for x in shape)
+
+
+def layer_text(layer: Any) -> str:
+    """One table cell describing a lowered layer: op, kernel, stride, expansion, SE, skip."""
+    if layer.kind == "classifier":
+        return "pool+fc"
+    parts = [layer.op, f"k{layer.kernel}", f"s{layer.stride[0]}{layer.stride[1]}"]
+    if layer.op == "mb":
+        parts.append(f"e{layer.expansion:g}")
+    if layer.se:
+        parts.append(f"se{layer.se_ratio:g}({layer.se})")
+    if layer.skip != "none":
+        parts.append(layer.skip)
+    return " ".join(parts)
+

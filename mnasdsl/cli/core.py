@@ -18,7 +18,15 @@ from ..ir import Network, SpaceDef
 from ..lowering import lower
 from ..parser import parse_units, read_source, select
 from ..space import Space
-from .common import add_network_args, atomic_write_text, load_network, print_json, stdout_console
+from .common import (
+    add_network_args,
+    atomic_write_text,
+    layer_text,
+    load_network,
+    print_json,
+    shape_text,
+    stdout_console,
+)
 
 
 def register(sub: Any) -> None:
@@ -120,21 +128,6 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape(s: tuple[int, int, int]) -> str:
-    return "x".join(str(x) for x in s)
-
-
-def _layer_desc(layer: Any) -> str:
-    if layer.kind == "classifier":
-        return "pool+fc"
-    parts = [layer.op, f"k{layer.kernel}", f"s{layer.stride[0]}{layer.stride[1]}"]
-    if layer.op == "mb":
-        parts.append(f"e{layer.expansion:g}")
-    if layer.se:
-        parts.append(f"se{layer.se_ratio:g}({layer.se})")
-    return " ".join(parts)
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     net = load_network(args)
     low = lower(net)
@@ -150,11 +143,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "params": lc.params, "macs": lc.macs} for ly, lc in zip(low.layers, c.layers)],
         })
         return 0
-    t = Table(title=f"{low.name}  ({_shape(low.input_shape)}, {low.classes} classes, padding {low.padding})")
+    t = Table(title=f"{low.name}  ({shape_text(low.input_shape)}, {low.classes} classes, padding {low.padding})")
     for col in ("layer", "op", "input", "output", "mid", "skip", "act"):
         t.add_column(col, justify="right" if col in ("mid",) else "left")
     for ly in low.layers:
-        t.add_row(ly.name, _layer_desc(ly), _shape(ly.in_shape), _shape(ly.out_shape), str(ly.mid),
+        t.add_row(ly.name, layer_text(ly), shape_text(ly.in_shape), shape_text(ly.out_shape), str(ly.mid),
                   ly.skip + ("+proj" if ly.pool_proj else ""), ly.act)
     con = stdout_console()
     con.print(t)
@@ -170,14 +163,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
         out = {"name": low.name, "input": list(low.input_shape), **c.to_json()}
         print_json(out)
         return 0
-    t = Table(title=f"cost of {low.name} at {_shape(low.input_shape)}")
+    t = Table(title=f"cost of {low.name} at {shape_text(low.input_shape)}")
     t.add_column("layer")
     t.add_column("op")
     t.add_column("output")
     t.add_column("params", justify="right")
     t.add_column("MACs", justify="right")
     for ly, lc in zip(low.layers, c.layers):
-        t.add_row(ly.name, _layer_desc(ly), _shape(ly.out_shape), f"{lc.params:,}", f"{lc.macs:,}")
+        t.add_row(ly.name, layer_text(ly), shape_text(ly.out_shape), f"{lc.params:,}", f"{lc.macs:,}")
     t.add_section()
     t.add_row("total", "", "", f"{c.params:,}", f"{c.macs:,}")
     con = stdout_console()

@@ -20,10 +20,12 @@ from .common import (
     UsageError,
     add_network_args,
     atomic_write_text,
+    layer_text,
     load_network,
     positive_float,
     positive_int,
     print_json,
+    shape_text,
     stderr_console,
     stdout_console,
 )
@@ -156,11 +158,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
             out["objective"] = factors
         print_json(out)
         return 0
-    t = Table(title=f"latency of {low.name} at {'x'.join(map(str, low.input_shape))} on {lut.device} ({lut.runtime})")
+    t = Table(title=f"latency of {low.name} at {shape_text(low.input_shape)} on {lut.device} ({lut.runtime})")
     for col in ("layer", "op", "output", "ms", "source"):
         t.add_column(col, justify="right" if col == "ms" else "left")
     for layer, row in zip(low.layers, est.layers, strict=True):
-        t.add_row(row.name, _desc(layer), "x".join(map(str, layer.out_shape)), f"{row.ms:.3f}", row.source)
+        t.add_row(row.name, layer_text(layer), shape_text(layer.out_shape), f"{row.ms:.3f}", row.source)
     if est.overhead_ms:
         t.add_row("(per network)", "", "", f"{est.overhead_ms:.3f}", "model")
     t.add_section()
@@ -174,21 +176,6 @@ def cmd_latency(args: argparse.Namespace) -> int:
                   f"{factors['soft']['factor']:.4f}, hard (a=0, b=-1) {factors['hard']['factor']:.4f}")
     return 0
 
-
-def _desc(layer: Any) -> str:
-    if layer.kind == "classifier":
-        return "pool+fc"
-    parts = [layer.op, f"k{layer.kernel}", f"s{layer.stride[0]}"]
-    if layer.op == "mb":
-        parts.append(f"e{layer.expansion:g}")
-    if layer.se:
-        parts.append(f"se{layer.se_ratio:g}")
-    if layer.skip != "none":
-        parts.append(layer.skip)
-    return " ".join(parts)
-
-
-# -- loading a network or a space ---------------------------------------------------------------
 
 def _unit(path: str, name: str | None) -> Network | SpaceDef:
     units = parse_units(read_source(path), path)
@@ -384,7 +371,7 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
     else:
         pairs = _networks(args, args.measure)
         lows = [low for _, low in pairs]
-        labels = [f"{low.name} {'x'.join(map(str, low.input_shape))}" for low in lows]
+        labels = [f"{low.name} {shape_text(low.input_shape)}" for low in lows]
         true = _measure(lows, args, lut)
     est = Estimator(lut)
     pred = np.array([est.estimate_ms(low) for low in lows])
