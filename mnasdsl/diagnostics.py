@@ -47,6 +47,8 @@ class Diagnostic:
         return Diagnostic(self.message, self.span, path, self.severity, self.notes)
 
     def header(self) -> str:
+        if self.path is None and self.span is None:  # not about a file: the tool's own prefix
+            return f"mnasdsl: {self.severity}: {self.message}"
         where = self.path or "<input>"
         if self.span is not None:
             where = f"{where}:{self.span.line}:{self.span.col}"

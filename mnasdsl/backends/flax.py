@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ..diagnostics import MnasError
+from ..fsutil import staged_dir
 from ..ir import Network
 from ..lowering import Layer, LoweredNetwork, lower
 from .flax_ops import ACTIVATIONS, avg_pool_same, conv2d, conv_pads, depthwise, resolve_impl
@@ -287,12 +286,7 @@ def save_params(model: MnasNet, directory: str | os.PathLike[str]) -> Path:
     import orbax.checkpoint as ocp
 
     target = Path(directory).absolute()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise MnasError(f"{target}: cannot write: {e.strerror or e}") from None
-    try:
+    with staged_dir(target) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", _variables(model))
             ckptr.wait_until_finished()
@@ -300,22 +294,6 @@ def save_params(model: MnasNet, directory: str | os.PathLike[str]) -> Path:
         meta = {"format": PARAMS_FORMAT, "network": low.name, "params": count_params(model),
                 "input": list(low.input_shape), "classes": low.classes}
         (tmp / "mnasdsl.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MnasError(f"{target}: cannot write checkpoint: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -358,6 +336,13 @@ def load_params(network: Network | LoweredNetwork, directory: str | os.PathLike[
     except Exception as e:  # noqa: BLE001 - any failure to restore means a checkpoint that does not fit
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MnasError(f"{path}: not a checkpoint of network {model.lowered.name!r} at this size: {msg}") from None
+    # Orbax restores the stored shapes even when the target's differ: compare them explicitly.
+    want = {kp: tuple(a.shape) for kp, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
+        shape = np.shape(leaf)
+        if tuple(shape) != want.get(kp, ()):
+            raise MnasError(f"{path}: not a checkpoint of network {model.lowered.name!r} at this size: "
+                            f"{jax.tree_util.keystr(kp)} is {tuple(shape)} there, {tuple(want.get(kp, ()))} here")
     for key, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, kind)
         nnx.replace_by_pure_dict(state, restored[key])

@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=positive_float, metavar="LR", help="peak learning rate (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last completed epoch")
+    p.add_argument("--init", metavar="DIR", help="start from these weights (an `import` output, params or training "
+                                                 "directory); a new class count re-initializes the classifier")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recalibrate-bn", dest="recal", action="store_true", default=None,
                    help="re-estimate BN statistics on training batches before evaluating "
@@ -75,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     verbose = not args.quiet
     result = fit(net, source, epochs=args.epochs, batch=args.batch, recipe=args.recipe, seed=args.seed,
-                 out=args.out, lr=args.lr, resume=args.resume, recalibrate_bn=args.recal,
+                 out=args.out, lr=args.lr, resume=args.resume, recalibrate_bn=args.recal, init=args.init,
                  verbose=verbose and sys.stderr.isatty(), workers=args.workers,
                  log=(lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush())) if verbose else (lambda _m: None))
     if args.json:

@@ -106,7 +106,8 @@ class Trainer:
     """A network, its optimizer and the jitted steps, data-parallel over a 1-D device mesh."""
 
     def __init__(self, network: Network, *, recipe: str, batch: int, steps_per_epoch: int, epochs: int,
-                 seed: int, lr: float | None = None, devices: int | None = None) -> None:
+                 seed: int, lr: float | None = None, devices: int | None = None,
+                 init: str | Path | None = None) -> None:
         from ..backends.flax import build
 
         self.network, self.seed, self.batch = network, seed, batch
@@ -118,6 +119,11 @@ class Trainer:
         self.data_sharding = NamedSharding(self.mesh, P("batch"))
 
         model = build(network, rngs=nnx.Rngs(seed))
+        self.fresh_from_init: list[str] = []
+        if init is not None:
+            from .init import init_from
+
+            self.fresh_from_init = init_from(model, network, init)
         self.graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         self.recipe: Recipe = make_recipe(recipe, batch=batch, steps_per_epoch=steps_per_epoch, epochs=epochs,
                                           wd_mask=weight_decay_mask(model, params), lr=lr)
@@ -278,13 +284,15 @@ def _stderr_log(msg: str) -> None:
 def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 64, recipe: str = "adam",
         seed: int = 0, out: str | Path | None = None, lr: float | None = None, resume: bool = False,
         recalibrate_bn: bool | None = None, verbose: bool = False, devices: int | None = None,
-        workers: int | None = None, log: Log | None = None) -> TrainResult:
+        workers: int | None = None, log: Log | None = None, init: str | Path | None = None) -> TrainResult:
     """Train ``network`` on ``data`` (a DataSource or `digits` / `synthetic` / an ImageFolder path).
 
     With ``out`` None nothing touches disk (the search's proxy evaluator); otherwise every epoch
     ends with a checkpoint, metrics.csv, TensorBoard events and curves.png, and the run with
     result.json. ``recalibrate_bn`` (default: on for runs under 5 epochs or 20/(1-bn_momentum) steps)
-    re-estimates BN statistics on a few training batches before each evaluation. User errors raise MnasError.
+    re-estimates BN statistics on a few training batches before each evaluation. ``init`` starts from
+    the weights of an import, params or training directory (a new class count re-initializes only the
+    classifier). User errors raise MnasError.
     """
     t_start = time.perf_counter()
     if epochs < 1:
@@ -336,7 +344,10 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
                                 f"({_short(meta.get(key))} vs {_short(run_meta[key])})")
 
     trainer = Trainer(network, recipe=recipe, batch=tb, steps_per_epoch=steps, epochs=epochs, seed=seed, lr=lr,
-                      devices=devices)
+                      devices=devices, init=None if resume else init)
+    if init is not None and not resume:
+        log(f"initialized from {init}" + (f" (fresh: {', '.join(trainer.fresh_from_init)})"
+                                          if trainer.fresh_from_init else ""))
     if resume and out_dir is not None:
         epoch_no, edir = ck.epoch_dirs(out_dir)[-1]
         meta = ck.read_meta(edir)

@@ -1,0 +1,342 @@
+"""Architectures from other tools as `.mnas` networks: timm arch-def strings, TF TPU block strings,
+and the named timm / torchvision models with the settings that make them numerically identical.
+
+Pure text and IR work (no jax, no torch): every result is parsed back with the core's parser, so
+what is printed is always a valid spec, and checked against the source tool's own channel rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..diagnostics import MnasError
+from ..ir import Network
+from ..lowering import LoweredNetwork, lower
+from ..parser import parse
+
+# PyTorch's BatchNorm2d default momentum 0.1 updates running = 0.9*running + 0.1*batch: 0.9 in
+# the TF convention the language uses. torchvision's MNASNet uses 1 - 0.9997 (TF's own value).
+TORCH_BN = (0.9, 1e-5)
+TV_MNASNET_BN = (0.9997, 1e-5)
+
+_TIMM_ACTS = {"re": "relu", "r6": "relu6", "hs": "hswish", "sw": "swish"}
+_TIMM_TYPES = {"ir": "mb", "ds": "ds", "cn": "cv"}
+_UNSUPPORTED_TYPES = {
+    "dsa": "a depthwise-separable block with an activation after the pointwise conv",
+    "er": "an edge-residual block (full kxk expansion conv)",
+    "uir": "a universal inverted residual block",
+    "mqa": "a multi-query attention block",
+    "mha": "a multi-head attention block",
+    "cc": "a CondConv block",
+}
+
+
+@dataclass(frozen=True)
+class TimmBlock:
+    """One decoded timm block string, before channel rounding (``out`` is timm's ``c``)."""
+
+    op: str  # mb | ds | cv
+    repeats: int
+    kernel: int
+    stride: int
+    expansion: float
+    out: int
+    se: float
+    skip: bool | None  # None: the block type's default
+    act: str | None
+    text: str
+
+
+def _num(text: str, key: str, value: str, kind: type) -> float:
+    try:
+        v = kind(value)
+    except ValueError:
+        raise MnasError(f"timm block string {text!r}: `{key}{value}` is not a valid {kind.__name__}") from None
+    if v < 0 or (kind is int and v == 0 and key in "rkc"):
+        raise MnasError(f"timm block string {text!r}: `{key}{value}` must be positive")
+    return v
+
+
+def decode_timm_block(text: str) -> TimmBlock:
+    """Decode one timm arch-def string (``ir_r2_k3_s2_e6_c24_se0.25``, ``ds_r1_k3_s1_c16_noskip``)
+    following timm's ``_decode_block_str``; what the language cannot express is an error naming it."""
+    ops = text.strip().split("_")
+    btype = ops[0]
+    if btype in _UNSUPPORTED_TYPES:
+        raise MnasError(f"timm block string {text!r}: `{btype}` is {_UNSUPPORTED_TYPES[btype]}, "
+                        f"which mnasdsl cannot express (supported: ir, ds, cn)")
+    if btype not in _TIMM_TYPES:
+        raise MnasError(f"timm block string {text!r}: unknown block type `{btype}` (expected ir, ds or cn)")
+    options: dict[str, str] = {}
+    skip: bool | None = None
+    act: str | None = None
+    for op in ops[1:]:
+        if op == "noskip":
+            skip = False
+        elif op == "skip":
+            skip = True
+        elif op.startswith("n") and not op.startswith("nn"):
+            if op[1:] not in _TIMM_ACTS:
+                raise MnasError(f"timm block string {text!r}: activation `{op}` is not supported "
+                                f"(nre, nr6, nhs, nsw)")
+            act = _TIMM_ACTS[op[1:]]
+        else:
+            m = re.fullmatch(r"([a-z]+)(\d.*)", op)
+            if not m:
+                raise MnasError(f"timm block string {text!r}: cannot read option `{op}`")
+            options[m.group(1)] = m.group(2)
+    for key in ("r", "k", "s", "c"):
+        if key not in options:
+            raise MnasError(f"timm block string {text!r}: missing `{key}`")
+    unknown = sorted(set(options) - {"r", "k", "s", "c", "e", "se", "a", "p"})
+    if unknown:
+        raise MnasError(f"timm block string {text!r}: option(s) {', '.join('`' + u + '`' for u in unknown)} "
+                        "cannot be expressed in mnasdsl")
+    for key in ("a", "p"):
+        if key in options and options[key] != "1":
+            raise MnasError(f"timm block string {text!r}: `{key}{options[key]}` (a non-1x1 pointwise kernel) "
+                            "cannot be expressed in mnasdsl")
+    if "." in options["k"]:
+        raise MnasError(f"timm block string {text!r}: mixed kernels `k{options['k']}` cannot be expressed")
+    op = _TIMM_TYPES[btype]
+    e = _num(text, "e", options.get("e", "1"), float)
+    if op == "mb" and e == 1.0:
+        # timm's ir keeps a 1x1 expansion conv at e1; the language's mb_e1 is TF's (no expansion).
+        raise MnasError(f"timm block string {text!r}: `ir` with e1 keeps a 1x1 expansion conv in timm; "
+                        "mnasdsl's e1 block has none (write `ds` for that)")
+    if op != "mb" and "e" in options and e != 1.0:
+        raise MnasError(f"timm block string {text!r}: `e{options['e']}` only applies to ir blocks")
+    se = _num(text, "se", options.get("se", "0"), float)
+    if op == "cv" and se:
+        raise MnasError(f"timm block string {text!r}: cn blocks have no squeeze-excite")
+    return TimmBlock(op, int(_num(text, "r", options["r"], int)), int(_num(text, "k", options["k"], int)),
+                     int(_num(text, "s", options["s"], int)), e, int(_num(text, "c", options["c"], int)), se,
+                     skip, act, text)
+
+
+def split_arch_args(args: Sequence[str]) -> list[str]:
+    """Block strings from the command line: plain arguments, or a pasted Python arch_def list
+    (``[['ds_r1_k3_s1_c16'], ['ir_r2_k3_s2_e6_c24']]``), read as text, never evaluated."""
+    out: list[str] = []
+    for a in args:
+        if any(ch in a for ch in "[]'\","):
+            found = re.findall(r"['\"]([^'\"]+)['\"]", a)
+            if not found:
+                raise MnasError(f"cannot read block strings from {a!r}")
+            out.extend(found)
+        else:
+            out.extend(a.split())
+    if not out:
+        raise MnasError("no block strings given")
+    return out
+
+
+def _fmt(x: float) -> str:
+    """Shortest faithful text: 1.0 -> "1", 0.25 -> "0.25", 1e-05 -> "1e-5"."""
+    text = repr(float(x))
+    if "e" in text:
+        mant, exp = text.split("e")
+        text = f"{mant.removesuffix('.0')}e{int(exp)}"
+    return text.removesuffix(".0")
+
+
+def _timm_to_block(b: TimmBlock, cin: int) -> str:
+    parts = [b.op, f"r{b.repeats}", f"k{b.kernel}", f"s{b.stride}{b.stride}"]
+    if b.op == "mb":
+        parts.append(f"e{_fmt(b.expansion)}")
+    parts += [f"i{cin}", f"o{b.out}"]
+    if b.se:
+        parts.append(f"se{_fmt(b.se)}")
+    # timm: ir/ds skip by default when shapes allow, cn only with an explicit `skip`.
+    if b.skip is False or (b.op == "cv" and b.skip is not True):
+        parts.append("noskip")
+    if b.act:
+        parts.append(b.act)
+    return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Network-level settings of an emitted spec."""
+
+    name: str
+    resolution: tuple[int, int] = (224, 224)
+    channels: int = 3
+    classes: int = 1000
+    width: float = 1.0
+    dropout: float = 0.2
+    bn: tuple[float, float] = TORCH_BN
+    padding: str = "symmetric"
+    activation: str = "relu"
+    stem: int = 32
+    head: int = 1280
+    head_mode: str = "fixed"
+
+
+def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()) -> str:
+    """A `.mnas` network (validated by parsing it back)."""
+    h, w = s.resolution
+    lines = [f"# {c}" if c else "#" for c in comment]
+    lines += [
+        f"network {s.name}:",
+        f"  input {h}x{w}x{s.channels}",
+        f"  classes {s.classes}",
+        f"  width {_fmt(s.width)}",
+        f"  dropout {_fmt(s.dropout)}",
+        f"  bn momentum {_fmt(s.bn[0])} eps {_fmt(s.bn[1])}",
+        f"  padding {s.padding}",
+        f"  activation {s.activation}",
+        f"  stem cv_k3_s22_o{s.stem}",
+        "  blocks",
+        *(f"    {b}" for b in blocks),
+        f"  head cv_k1_o{s.head} {s.head_mode}",
+    ]
+    text = "\n".join(lines) + "\n"
+    parsed_network(text)
+    return text
+
+
+def parsed_network(text: str) -> Network:
+    units = parse(text, "<imported>")
+    net = units[0]
+    if not isinstance(net, Network):  # pragma: no cover - network_text only writes networks
+        raise MnasError("internal error: the emitted spec is not a network")
+    return net
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def check_timm_channels(low: LoweredNetwork) -> None:
+    """timm rounds an ir block's expansion to a multiple of 8 and sizes SE with round() on
+    mid*se/e; the language (TF's rules) uses in*e and int(in*se). Refuse when they differ, rather
+    than print a spec that silently is another network."""
+    for ly in low.blocks:
+        cin = ly.in_shape[2]
+        if ly.op == "mb":
+            timm_mid = _make_divisible(cin * ly.expansion)
+            if timm_mid != ly.mid:
+                raise MnasError(f"{ly.name}: timm expands {cin} channels by {_fmt(ly.expansion)} to {timm_mid} "
+                                f"(a multiple of 8), mnasdsl to {ly.mid}: not expressible")
+        if ly.se:
+            e = ly.expansion if ly.op == "mb" else 1.0
+            timm_se = round(ly.mid * (ly.se_ratio / e))
+            if timm_se != ly.se:
+                raise MnasError(f"{ly.name}: timm's squeeze-excite has {timm_se} channels, mnasdsl's {ly.se} "
+                                f"(int({cin} x {_fmt(ly.se_ratio)})): not expressible")
+
+
+def arch_from_timm(strings: Sequence[str], s: Settings) -> tuple[str, list[str]]:
+    """A `.mnas` network from timm arch-def strings; also the warnings to show."""
+    decoded = [decode_timm_block(t) for t in strings]
+    blocks: list[str] = []
+    cin = s.stem
+    warnings: list[str] = []
+    for b in decoded:
+        blocks.append(_timm_to_block(b, cin))
+        cin = b.out
+        if b.se and (b.act or s.activation) != "relu":
+            warnings.append(f"{b.text}: timm's squeeze-excite uses the block's activation "
+                            f"({b.act or s.activation}); mnasdsl's uses ReLU as TF MnasNet does")
+    text = network_text(s, blocks, [f"Imported from timm arch-def strings: {' '.join(strings)}",
+                                    "PyTorch conventions: symmetric padding, BN momentum 0.9 (PyTorch 0.1), eps 1e-5."])
+    check_timm_channels(lower(parsed_network(text)))
+    return text, warnings
+
+
+def arch_from_tf(strings: Sequence[str], s: Settings) -> str:
+    """A `.mnas` network from TF TPU MnasNet block strings (``r1_k3_s11_e1_i32_o16_noskip``),
+    read by the core's own block grammar (diagnostics point into the strings)."""
+    text = network_text(s, list(strings), ["Imported from TF TPU MnasNet block strings."])
+    return text
+
+
+# --- named models ------------------------------------------------------------------------------------
+
+A1 = ("r1_k3_s11_e1_i32_o16_noskip", "r2_k3_s22_e6_i16_o24", "r3_k5_s22_e3_i24_o40_se0.25",
+      "r4_k3_s22_e6_i40_o80", "r2_k3_s11_e6_i80_o112_se0.25", "r3_k5_s22_e6_i112_o160_se0.25",
+      "r1_k3_s11_e6_i160_o320")
+B1 = ("r1_k3_s11_e1_i32_o16_noskip", "r3_k3_s22_e3_i16_o24", "r3_k5_s22_e3_i24_o40", "r3_k5_s22_e6_i40_o80",
+      "r2_k3_s11_e6_i80_o96", "r4_k5_s22_e6_i96_o192", "r1_k3_s11_e6_i192_o320_noskip")
+SMALL = ("r1_k3_s11_e1_i8_o8", "r1_k3_s22_e3_i8_o16", "r2_k3_s22_e6_i16_o16", "r4_k5_s22_e6_i16_o32_se0.25",
+         "r3_k3_s11_e6_i32_o32_se0.25", "r3_k5_s22_e6_i32_o88_se0.25", "r1_k3_s11_e6_i88_o144")
+MOBILENET_V2 = ("ds_r1_k3_s11_i32_o16", "r2_k3_s22_e6_i16_o24", "r3_k3_s22_e6_i24_o32", "r4_k3_s22_e6_i32_o64",
+                "r3_k3_s11_e6_i64_o96", "r3_k3_s22_e6_i96_o160", "r1_k3_s11_e6_i160_o320")
+# torchvision's last MNASNet stack is a plain inverted residual: it would add a residual if the
+# widths ever matched, where TF's and timm's B1 say noskip. Its first block never has one.
+B1_TORCHVISION = B1[:-1] + ("r1_k3_s11_e6_i192_o320",)
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    """A named model of another library: the spec that reproduces it and its state-dict layout."""
+
+    source: str  # timm | torchvision
+    name: str
+    title: str
+    blocks: tuple[str, ...]
+    width: float
+    scheme: str  # timm | tv_mnasnet | tv_mobilenet_v2
+    bn: tuple[float, float]
+    stem: int = 32
+    activation: str = "relu"
+    head_mode: str = "fixed"
+    dropout: float = 0.2
+
+
+def _timm_models() -> dict[str, ModelDef]:
+    out: dict[str, ModelDef] = {}
+    widths = {"035": 0.35, "050": 0.5, "075": 0.75, "100": 1.0, "140": 1.4}
+    for tag, w in widths.items():
+        if tag != "035":
+            out[f"semnasnet_{tag}"] = ModelDef("timm", f"semnasnet_{tag}", "MnasNet-A1", A1, w, "timm", TORCH_BN)
+            out[f"mnasnet_{tag}"] = ModelDef("timm", f"mnasnet_{tag}", "MnasNet-B1", B1, w, "timm", TORCH_BN)
+        out[f"mobilenetv2_{tag}"] = ModelDef("timm", f"mobilenetv2_{tag}", "MobileNetV2", MOBILENET_V2, w, "timm",
+                                             TORCH_BN, activation="relu6", head_mode="scaled")
+    out["mnasnet_small"] = ModelDef("timm", "mnasnet_small", "MnasNet-small", SMALL, 1.0, "timm", TORCH_BN,
+                                    stem=8, dropout=0.0)
+    return out
+
+
+def _torchvision_models() -> dict[str, ModelDef]:
+    out = {f"mnasnet{tag}": ModelDef("torchvision", f"mnasnet{tag}", "MnasNet-B1", B1_TORCHVISION, w,
+                                     "tv_mnasnet", TV_MNASNET_BN)
+           for tag, w in (("0_5", 0.5), ("0_75", 0.75), ("1_0", 1.0), ("1_3", 1.3))}
+    out["mobilenet_v2"] = ModelDef("torchvision", "mobilenet_v2", "MobileNetV2", MOBILENET_V2, 1.0,
+                                   "tv_mobilenet_v2", TORCH_BN, activation="relu6", head_mode="scaled")
+    return out
+
+
+MODELS: dict[str, dict[str, ModelDef]] = {"timm": _timm_models(), "torchvision": _torchvision_models()}
+
+
+def find_model(source: str, name: str) -> ModelDef:
+    models = MODELS.get(source)
+    if models is None:
+        raise MnasError(f"unknown source {source!r} (expected timm or torchvision)")
+    if name not in models:
+        close = [n for n in models if n.split("_")[0] == name.split("_")[0]] or sorted(models)
+        raise MnasError(f"unknown {source} model {name!r}; known: {', '.join(sorted(close))}")
+    return models[name]
+
+
+def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int, int] | None = None,
+               classes: int | None = None) -> str:
+    """The `.mnas` spec of a named model (optionally at another width, resolution or class count)."""
+    w = m.width if width is None else width
+    s = Settings(name=m.name.replace(".", "_"), resolution=resolution or (224, 224), classes=classes or 1000,
+                 width=w, dropout=m.dropout, bn=m.bn, padding="symmetric", activation=m.activation, stem=m.stem,
+                 head_mode=m.head_mode)
+    bn_note = ("BN momentum 0.9997 (torchvision's 1 - 0.9997 in PyTorch's convention), eps 1e-5"
+               if m.scheme == "tv_mnasnet" else "BN momentum 0.9 (PyTorch's 0.1), eps 1e-5")
+    comment = [f"{m.title} as {m.source}'s `{m.name}`" + (f" at width {_fmt(w)}" if w != m.width else "")
+               + ", numerically identical to it in eval mode.",
+               f"PyTorch conventions: symmetric (k//2) padding, {bn_note}."]
+    text = network_text(s, m.blocks, comment)
+    if m.source == "timm":
+        check_timm_channels(lower(parsed_network(text)))
+    return text
