@@ -158,7 +158,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     m = find_model(args.source, args.model)
     text = model_text(m, width=args.width, resolution=_hw(args.resolution), classes=args.classes)
     if not (args.weights or args.pretrained):
-        _emit(text, args.out)
+        if args.json and not args.out:
+            print_json({"source": m.source, "model": m.name, "architecture": m.title, "spec": text})
+        else:
+            _emit(text, args.out)
         return 0
     if not args.out:
         raise UsageError("with --weights or --pretrained, -o DIR names the output directory")
