@@ -139,10 +139,14 @@ def test_named_models_have_the_libraries_parameter_counts(source: str, name: str
     assert cost(lower(net)).params == params
 
 
-def test_every_registered_model_is_a_valid_spec() -> None:
+def test_every_registered_model_is_a_valid_canonical_spec() -> None:
+    from mnasdsl.formatter import format_source
+
     for models in MODELS.values():
         for m in models.values():
-            lower(parsed_network(model_text(m)))
+            text = model_text(m)
+            lower(parsed_network(text))
+            assert format_source(text) == text
 
 
 def test_timm_arch_def_matches_the_tf_reference() -> None:

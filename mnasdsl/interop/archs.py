@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..diagnostics import MnasError
+from ..formatter import format_source
 from ..ir import Network
 from ..lowering import LoweredNetwork, lower
 from ..parser import parse
@@ -176,7 +177,7 @@ class Settings:
 
 
 def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()) -> str:
-    """A `.mnas` network (validated by parsing it back)."""
+    """A `.mnas` network in canonical form (validated by parsing it back)."""
     h, w = s.resolution
     lines = [f"# {c}" if c else "#" for c in comment]
     lines += [
@@ -193,7 +194,7 @@ def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()
         *(f"    {b}" for b in blocks),
         f"  head cv_k1_o{s.head} {s.head_mode}",
     ]
-    text = "\n".join(lines) + "\n"
+    text = format_source("\n".join(lines) + "\n", "<imported>")  # canonical: `fmt --check` passes
     parsed_network(text)
     return text
 
@@ -331,7 +332,7 @@ def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int
     s = Settings(name=m.name.replace(".", "_"), resolution=resolution or (224, 224), classes=classes or 1000,
                  width=w, dropout=m.dropout, bn=m.bn, padding="symmetric", activation=m.activation, stem=m.stem,
                  head_mode=m.head_mode)
-    bn_note = ("BN momentum 0.9997 (torchvision's 1 - 0.9997 in PyTorch's convention), eps 1e-5"
+    bn_note = ("BN momentum 0.9997 (torchvision passes PyTorch momentum 1 - 0.9997), eps 1e-5"
                if m.scheme == "tv_mnasnet" else "BN momentum 0.9 (PyTorch's 0.1), eps 1e-5")
     comment = [f"{m.title} as {m.source}'s `{m.name}`" + (f" at width {_fmt(w)}" if w != m.width else "")
                + ", numerically identical to it in eval mode.",
