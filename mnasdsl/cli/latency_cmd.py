@@ -50,7 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument("--repeats", type=positive_int, default=10, metavar="N", help="timed runs per op (median; 10)")
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed runs after compiling (default 2)")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="R",
-                   help="round-robin passes over all ops; the fastest pass's median is kept (default 3)")
+                   help="round-robin passes over all ops; the fastest pass's median is kept, with --reference the "
+                        "median of the normalized passes (default 3; timing is cheap next to compiling, 10 is "
+                        "better on a shared machine)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: elapsed time (a dedicated device); cpu: process CPU time with XLA single-threaded, "
                         "robust on a shared machine (default wall)")
@@ -60,6 +62,15 @@ def register(sub: Any) -> None:
     p.add_argument("--sample", type=positive_int, metavar="N",
                    help="space: profile the ops of N sampled networks instead of enumerating the space")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample (default 0)")
+    p.add_argument("--calibrate", type=positive_int, metavar="N",
+                   help="space: also time N networks sampled with --calibration-seed end-to-end (their ops too) and "
+                        "fit the fallback model and the global terms on them, stored in the table")
+    p.add_argument("--calibration-seed", type=int, metavar="S",
+                   help="seed of the --calibrate networks; keep it apart from the seed of any networks you check "
+                        "the table on (default: --seed + 1)")
+    p.add_argument("--calibration-terms", default="scale", metavar="TERMS",
+                   help="global terms fitted on the --calibrate networks (default scale: a few noisy networks pin "
+                        "down one term; see `lut fit --terms`)")
     p.add_argument("--device", metavar="NAME", help="device name recorded in the table (default platform:host)")
     _add_overrides(p)
     p.set_defaults(func=cmd_profile)
@@ -197,15 +208,34 @@ def _networks(args: argparse.Namespace, path: str) -> list[tuple[Network, Lowere
     if isinstance(unit, SpaceDef):
         if not getattr(args, "sample", None):
             raise UsageError(f"{path} is a search space: pass --sample N to use N sampled networks")
-        space = Space(unit)
-        rng = np.random.default_rng(args.seed)
-        nets = [space.decode(space.sample_indices(rng)).model_copy(update={"name": f"{unit.name}_{k}"})
-                for k in range(args.sample)]
+        nets = _sample(unit, args.sample, args.seed)
     else:
         if getattr(args, "sample", None):
             raise UsageError("--sample applies to search spaces only")
         nets = [unit]
     nets = [n.scaled(**ov) for n in nets]
+    return [(n, lower(n)) for n in nets]
+
+
+def _sample(unit: SpaceDef, n: int, seed: int, tag: str = "") -> list[Network]:
+    space = Space(unit)
+    rng = np.random.default_rng(seed)
+    return [space.decode(space.sample_indices(rng)).model_copy(update={"name": f"{unit.name}_{tag}{k}"})
+            for k in range(n)]
+
+
+def _calibration_networks(args: argparse.Namespace, unit: Network | SpaceDef) -> list[tuple[Network, LoweredNetwork]]:
+    """Networks for fitting the global terms, sampled with their own seed so that the networks a
+    table is later checked on (``lut check --measure SPACE --seed S``) are never among them."""
+    if not args.calibrate:
+        return []
+    if not isinstance(unit, SpaceDef):
+        raise UsageError("--calibrate needs a search space to sample calibration networks from")
+    seed = args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+    if args.sample and seed == args.seed:
+        raise UsageError("--calibration-seed must differ from --seed (calibration would see the sampled networks)")
+    ov = _overrides(args)
+    nets = [n.scaled(**ov) for n in _sample(unit, args.calibrate, seed, "cal")]
     return [(n, lower(n)) for n in nets]
 
 
@@ -219,6 +249,7 @@ def _progress() -> Progress:
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..latency import profile as prof
     from ..latency.lut import Entry, read_lut
+    from ..latency.model import CALIBRATION_TERMS
 
     overhead = _setup_clock(args)
     unit = _unit(args.file, args.network)
@@ -228,6 +259,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         sigs = prof.network_signatures(low for _, low in _networks(args, args.file))
     items = list(sigs.items())[: args.max_ops] if args.max_ops else list(sigs.items())
+    cal_nets = _calibration_networks(args, unit)
+    bad = [t for t in args.calibration_terms.split(",") if t.strip() not in CALIBRATION_TERMS]
+    if bad:
+        raise UsageError(f"--calibration-terms: expected some of {', '.join(CALIBRATION_TERMS)}, got {bad}")
+    have = {k for k, _ in items}
+    items += [(k, v) for k, v in prof.network_signatures(low for _, low in cal_nets).items() if k not in have]
     out = Path(args.output)
     if out.exists():
         table = read_lut(out)
@@ -254,6 +291,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     err.print(f"{len(items)} op signatures, {len(items) - len(todo)} already in {out}, {len(todo)} to measure "
               f"on {table.provenance.get('device_kind', '?')}")
     entries = dict(table.entries)
+    cal_ms: list[float] = []
     with _progress() as bar:
         task = bar.add_task("compiling", total=len(todo))
         prepared = []
@@ -265,23 +303,55 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                         clock=args.clock, overhead_ms=overhead, reference=reference)
                 entries.update({k: e for (k, _, _), e in zip(todo[i - len(part) + 1:i + 1], part, strict=True)})
                 atomic_write_text(out, table.replace(entries=dict(entries)).dumps())
-        task = bar.add_task("timing", total=len(todo) * args.rounds)
+        if cal_nets:
+            task = bar.add_task("compiling calibration networks", total=len(cal_nets))
+            for _, low in cal_nets:
+                prepared.append(prof.prepare_network(low, batch=args.batch))
+                bar.advance(task)
+        task = bar.add_task("timing", total=len(prepared) * args.rounds)
 
         first = {k: entries[k] for k, _, _ in todo}  # the quick pass right after compiling counts as a round
 
         def save(res: list[Any]) -> None:
-            for (k, _, _), e in zip(todo, res, strict=True):
+            for (k, _, _), e in zip(todo, res[:len(todo)], strict=True):
                 entries[k] = e if reference else Entry(min(e.mean, first[k].mean), e.std, e.count + first[k].count)
             atomic_write_text(out, table.replace(entries=dict(entries)).dumps())
+            cal_ms[:] = [e.mean for e in res[len(todo):]]
 
-        if todo:
+        # Calibration networks share the rounds with the ops: load that drifts over minutes then
+        # shifts both alike instead of biasing the fitted terms.
+        if prepared:
             prof.time_rounds(prepared, repeats=args.repeats, rounds=args.rounds, warmup=1, on_round=save,
                              on_item=lambda: bar.advance(task), clock=args.clock, overhead_ms=overhead,
                              reference=reference)
     if not todo and not out.exists():
         atomic_write_text(out, table.dumps())
+    if cal_nets:
+        table = _calibrate(table.replace(entries=dict(entries)), cal_nets, cal_ms, args)
+        atomic_write_text(out, table.dumps())
+        fit = table.model.fit if table.model else {}
+        err.print(f"calibrated on {len(cal_nets)} networks (seed {table.provenance['calibration']['seed']}): "
+                  f"MAPE {fit.get('networks_mape_pct_uncalibrated')}% as a plain sum of entries, "
+                  f"{fit.get('networks_mape_pct_in_sample')}% calibrated, "
+                  f"{fit.get('networks_mape_pct_leave_one_out', '-')}% leave-one-out")
     err.print(f"wrote {out}: {len(entries)} entries")
     return 0
+
+
+def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: list[float],
+               args: argparse.Namespace) -> Any:
+    """Fit the fallback model on the entries and the global terms on the calibration networks."""
+    from ..latency.model import fit_lut
+
+    terms = [t.strip() for t in args.calibration_terms.split(",") if t.strip()]
+    lows = [low for _, low in cal_nets]
+    seed = args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+    prov = {**table.provenance, "calibration": {
+        "networks": len(lows), "seed": seed, "space": Path(args.file).name, "terms": terms,
+        "measured_ms": [round(float(m), 5) for m in ms]}}
+    note = f"global terms fitted on {len(lows)} networks sampled with seed {seed}, none of them checked on"
+    return fit_lut(table.replace(provenance=prov), list(zip(lows, (float(m) for m in ms), strict=True)),
+                   terms=terms, note=note)
 
 
 # -- lut import / fit / check -----------------------------------------------------------------
@@ -436,12 +506,18 @@ def _reference(table: Any, args: argparse.Namespace, overhead: float) -> Any:
 
 
 def _measure(lows: list[LoweredNetwork], args: argparse.Namespace, table: Any) -> np.ndarray:
-    from ..latency import profile as prof
 
     overhead = _setup_clock(args)
     reference = _reference(table, args, overhead)
     if reference is not None:
         stderr_console().print(f"normalizing to the table's reference op ({reference.baseline_ms:.3f} ms at profiling)")
+    return _time_networks(lows, args, overhead, reference)
+
+
+def _time_networks(lows: list[LoweredNetwork], args: argparse.Namespace, overhead: float,
+                   reference: Any) -> np.ndarray:
+    from ..latency import profile as prof
+
     with _progress() as bar:
         task = bar.add_task("compiling", total=len(lows))
         prepared = []

@@ -75,6 +75,10 @@ def _jitted(graphdef: Any, state: Any, x_shape: tuple[int, ...]) -> tuple[Callab
         return nnx.merge(graphdef, s)(x, train=False)
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal(x_shape, np.float32))
+    # Weights live on the device, as in deployment. Left as numpy arrays, every call would copy
+    # each one that is not suitably aligned for zero-copy: a random, per-process cost (a 5 MB
+    # classifier took 0.45 or 1.1 ms depending on where numpy placed its weights).
+    state = jax.block_until_ready(jax.device_put(state))
     return jax.jit(f), state, x
 
 
@@ -179,7 +183,7 @@ REFERENCE_LAYER = Layer("reference", "block", "mb", 0, 0, (28, 28, 40), (28, 28,
 
 
 class Reference:
-    """Normalizes timings by a reference op measured right before each one.
+    """Normalizes timings by a reference op measured right before and right after each one.
 
     On a shared machine, other tenants slow everything down together (time slicing, a busy
     hyperthread sibling, cache and memory-bandwidth pressure), by tens of percent over minutes.
@@ -196,8 +200,10 @@ class Reference:
         self.baseline_ms = baseline_ms if baseline_ms is not None else min(self.now_ms() for _ in range(3))
 
     def now_ms(self) -> float:
+        """The reference's time now. Two untimed calls first: right after another program (a whole
+        network above all) its first call runs ~45% slower, its second ~15% (cold caches)."""
         f, state, x = self.prepared
-        med, _, _ = time_fn(f, state, x, repeats=self.repeats, warmup=0, clock=self.clock)
+        med, _, _ = time_fn(f, state, x, repeats=self.repeats, warmup=2, clock=self.clock)
         return max(med - self.overhead_ms, 1e-4)
 
 
@@ -210,16 +216,21 @@ def time_rounds(prepared: Sequence[Prepared], *, repeats: int = 10, rounds: int 
     Within a pass the median rejects outliers. Across passes, spread over the whole run, the
     minimum of the medians is kept, because load from other processes only ever adds time and
     comes in spells longer than one pass over one op. With a ``reference``, each median is
-    divided by the reference's time just before it (see Reference) and the median of those
+    divided by the reference's time around it (the geometric mean of its readings just before
+    and just after, so a load change during a long item is half seen) and the median of those
     normalized values is kept instead (the ratio's noise is two-sided)."""
     best = [np.inf] * len(prepared)
     meds: list[list[float]] = [[] for _ in prepared]
     out: list[Entry] = []
+    ref_before = reference.now_ms() if reference is not None else 1.0
     for r in range(rounds):
         for i, (f, state, x) in enumerate(prepared):
-            ref = reference.now_ms() / reference.baseline_ms if reference else 1.0
             med, _, _ = time_fn(f, state, x, repeats=repeats, warmup=warmup if r == 0 else 1, clock=clock)
-            med = max(med - overhead_ms, 1e-4) / ref
+            med = max(med - overhead_ms, 1e-4)
+            if reference is not None:  # the reading between two items serves both
+                ref_after = reference.now_ms()
+                med *= reference.baseline_ms / float(np.sqrt(ref_before * ref_after))
+                ref_before = ref_after
             meds[i].append(med)
             best[i] = min(best[i], med)
             if on_item:
@@ -305,9 +316,11 @@ def new_table(device: str | None = None, batch: int = 1, *, repeats: int = 10, r
             "statistic": "minimum over rounds of the median of repeats (stored as mean)",
             "clock": clock if clock == "wall" else "cpu (process CPU time, XLA single-threaded)",
             "call_overhead_ms_subtracted": round(overhead_ms, 5),
-            "repeats": repeats, "rounds": rounds, "backend": "mnasdsl.backends.flax, jax.jit, eval mode"}
+            "repeats": repeats, "rounds": rounds, "backend": "mnasdsl.backends.flax, jax.jit, eval mode",
+            "weights": "device-resident"}
     if reference is not None:
-        prov.update({"statistic": "median over rounds of (median of repeats / reference just before) x reference_ms",
+        prov.update({"statistic": "median over rounds of (median of repeats / geometric mean of the reference just "
+                                  "before and just after) x reference_ms",
                      "reference_op": op_key(REFERENCE_LAYER), "reference_ms": reference.baseline_ms})
     return Lut(device or f"{info['platform']}:{info['host']}", f"XLA/{info['platform']} via jax {info['jax']}",
                batch, "ms", prov, {}, None)
