@@ -131,10 +131,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.threads
-    # Same thread count for XLA as for torch; must be set before jax is imported.
+    # Same cores for XLA as for torch: XLA:CPU sizes its pools by the machine, so confine the
+    # process (and the torch subprocess, which inherits it) to n cores; before jax is imported.
+    if n < (os.cpu_count() or 1) and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
-                               + f" intra_op_parallelism_threads={n}").strip()
+                               + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     print(f"threads: {n} on both sides ({os.cpu_count()} cores)", flush=True)
     ours = flax_side(n, args.reps1, args.reps32, args.reps_train)
