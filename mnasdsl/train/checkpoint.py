@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import MnasError
-from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - used by loop via this module
+from ..fsutil import atomic_write_bytes, atomic_write_text, staged_dir  # noqa: F401 - used by loop via this module
 
 TRAIN_FORMAT = "mnasdsl-train/1"
 KEEP = 2  # completed epoch checkpoints kept (the newest and one before it)
@@ -66,13 +66,10 @@ def save_epoch(out: Path, epoch: int, leaves: list[np.ndarray], meta: dict[str, 
     from ..backends.flax import save_params
 
     ck = out / "checkpoints"
-    try:
-        ck.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch:04d}.", suffix=".tmp", dir=ck))
-    except OSError as e:
-        raise MnasError(f"{out}: cannot write checkpoint: {e.strerror or e}") from None
     final = ck / f"epoch_{epoch:04d}"
-    try:
+    # Assembled beside its final name and renamed into place (a re-run of an epoch after resuming
+    # from an older one replaces it only when complete), then the pointer is moved atomically.
+    with staged_dir(final) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "state").absolute(), {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
             ckptr.wait_until_finished()
@@ -80,21 +77,12 @@ def save_epoch(out: Path, epoch: int, leaves: list[np.ndarray], meta: dict[str, 
         meta = {"format": TRAIN_FORMAT, **meta, "epoch": epoch, "leaves": [[list(x.shape), str(x.dtype)]
                                                                             for x in leaves]}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
-        if final.exists():  # a re-run of an epoch after resuming from an older one
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(out / "ckpt.json", json.dumps({"latest": f"checkpoints/{final.name}/weights",
-                                                         "epoch": epoch}, indent=1) + "\n")
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MnasError(f"{out}: cannot write checkpoint: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_write_text(out / "ckpt.json", json.dumps({"latest": f"checkpoints/{final.name}/weights",
+                                                     "epoch": epoch}, indent=1) + "\n")
     for _, old in epoch_dirs(out)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     for p in ck.iterdir():  # temporaries of runs killed mid-write
-        if p.name.startswith(".epoch_") and p.name.endswith(".tmp") and p != tmp:
+        if p.name.startswith(".epoch_") and (p.name.endswith(".tmp") or ".old-" in p.name):
             shutil.rmtree(p, ignore_errors=True)
     return final
 
