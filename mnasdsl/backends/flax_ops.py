@@ -117,16 +117,31 @@ def _chunk(n: int, per_image: int) -> int:
 
 
 def _dx(g: jax.Array, w: jax.Array, xshape: tuple[int, ...], stride: tuple[int, int], pads: Pads) -> jax.Array:
-    """dx_padded[p] = sum_a g_dilated[p - a] * w[a]: the fused form over the stride-dilated output
-    gradient with the kernel flipped, instead of autodiff's k*k scattered pads (-11% per step)."""
+    """The input gradient in the fused form, instead of autodiff's k*k scattered pads (-11% per step).
+
+    Stride 1: dx_padded[p] = sum_a g[p - a] * w[a], the forward form with the kernel flipped.
+    Stride s > 1, per output phase r (p = s*m + r): dx_padded[s*m + r] = sum_t g[m - t] * w[r + s*t],
+    a stride-1 correlation of g with the sub-kernel w[r::s] flipped. The s*s phases are interleaved
+    by interior padding and summed, all in one fusion: k*k/s^2 multiply-adds per input pixel instead
+    of the k*k of correlating a zero-dilated gradient."""
     h, wd = xshape[1], xshape[2]
     kh, kw = w.shape[0], w.shape[1]
     (pt, pb), (pl, pr) = pads
     sh, sw = stride
-    lh, lw = (g.shape[1] - 1) * sh + 1, (g.shape[2] - 1) * sw + 1
-    gpad = lax.pad(g, jnp.array(0, g.dtype), ((0, 0, 0), (kh - 1, h + pt + pb - lh, sh - 1),
-                                              (kw - 1, wd + pl + pr - lw, sw - 1), (0, 0, 0)))
-    return _fused_forward(gpad, w[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))[:, pt:pt + h, pl:pl + wd, :]
+    hp, wp = h + pt + pb, wd + pl + pr
+    mh, mw = -(-hp // sh), -(-wp // sw)  # rows/cols per phase, enough to cover the padded input
+    zero = jnp.array(0, g.dtype)
+    dxp = None
+    for rh in range(min(sh, kh)):
+        for rw in range(min(sw, kw)):
+            sub = w[rh::sh, rw::sw]
+            th, tw = sub.shape[0], sub.shape[1]
+            gp = lax.pad(g, zero, ((0, 0, 0), (th - 1, mh - g.shape[1], 0), (tw - 1, mw - g.shape[2], 0), (0, 0, 0)))
+            phase = _fused_forward(gp, sub[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))  # (n, mh, mw, c)
+            placed = lax.pad(phase, zero, ((0, 0, 0), (rh, sh - 1 - rh, sh - 1), (rw, sw - 1 - rw, sw - 1), (0, 0, 0)))
+            dxp = placed if dxp is None else dxp + placed
+    assert dxp is not None
+    return dxp[:, pt:pt + h, pl:pl + wd, :]
 
 
 def _wgrad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride: tuple[int, int]) -> jax.Array:
