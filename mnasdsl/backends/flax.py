@@ -36,6 +36,7 @@ __all__ = [
     "resolve_ckpt_dir",
     "save_params",
     "set_platform",
+    "variables",
 ]
 
 PARAMS_FORMAT = "mnasdsl-flax-params/1"
@@ -272,7 +273,9 @@ def count_params(module: nnx.Module) -> int:
 # naming such a checkpoint (a params directory or a bare Orbax checkpoint); it takes precedence.
 
 
-def _variables(model: nnx.Module) -> dict[str, Any]:
+def variables(model: nnx.Module) -> dict[str, Any]:
+    """{"params": ..., "batch_stats": ...} as nnx pure dicts: the checkpoint layout, and what
+    weight importers fill."""
     return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
             "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
 
@@ -288,7 +291,7 @@ def save_params(model: MnasNet, directory: str | os.PathLike[str]) -> Path:
     target = Path(directory).absolute()
     with staged_dir(target) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", _variables(model))
+            ckptr.save(tmp / "params", variables(model))
             ckptr.wait_until_finished()
         low = model.lowered
         meta = {"format": PARAMS_FORMAT, "network": low.name, "params": count_params(model),
@@ -329,7 +332,7 @@ def load_params(network: Network | LoweredNetwork, directory: str | os.PathLike[
 
     model = build(network, rngs=rngs or nnx.Rngs(0), platform=platform, dtype=dtype)
     path = resolve_ckpt_dir(directory)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _variables(model))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables(model))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             restored = ckptr.restore(path, abstract)
