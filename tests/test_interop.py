@@ -375,3 +375,30 @@ except MnasError as e:
 def test_fixture_manifest_names_registered_models() -> None:
     for f in MANIFEST["fixtures"].values():
         assert find_model(f["source"], f["model"])
+
+
+def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["import-arch", "--from", "timm", "ds_r1_k3_s1_c16", "--bn-momentum", "1.5"],
+                 ["import-arch", "--from", "timm", "ds_r1_k3_s1_c16", "--dropout", "2"],
+                 ["import-arch", "--from", "keras", "ds_r1_k3_s1_c16"],
+                 ["import", "onnx", "semnasnet_100"],
+                 ["import", "timm", "semnasnet_100", "--weights", "a.safetensors", "--pretrained", "-o", "x"]):
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse
+            rc = int(e.code or 0)
+        assert rc == 2, argv
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_import_list_and_train_init_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "torchvision", "--list", "x", "--json"]) == 0
+    names = {m["model"] for m in json.loads(capsys.readouterr().out)["models"]}
+    assert names == set(MODELS["torchvision"])
+    spec = tmp_path / "a1.mnas"
+    assert main(["import", "timm", "semnasnet_100", "--resolution", "32", "--classes", "10", "-o", str(spec)]) == 0
+    capsys.readouterr()
+    rc = main(["train", str(spec), "--data", "digits", "--epochs", "1", "--init", str(tmp_path / "missing"),
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no such checkpoint directory" in err and "Traceback" not in err
