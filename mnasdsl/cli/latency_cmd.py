@@ -224,6 +224,10 @@ def _sample(unit: SpaceDef, n: int, seed: int, tag: str = "") -> list[Network]:
             for k in range(n)]
 
 
+def _calibration_seed(args: argparse.Namespace) -> int:
+    return args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+
+
 def _calibration_networks(args: argparse.Namespace, unit: Network | SpaceDef) -> list[tuple[Network, LoweredNetwork]]:
     """Networks for fitting the global terms, sampled with their own seed so that the networks a
     table is later checked on (``lut check --measure SPACE --seed S``) are never among them."""
@@ -231,7 +235,7 @@ def _calibration_networks(args: argparse.Namespace, unit: Network | SpaceDef) ->
         return []
     if not isinstance(unit, SpaceDef):
         raise UsageError("--calibrate needs a search space to sample calibration networks from")
-    seed = args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+    seed = _calibration_seed(args)
     if args.sample and seed == args.seed:
         raise UsageError("--calibration-seed must differ from --seed (calibration would see the sampled networks)")
     ov = _overrides(args)
@@ -260,8 +264,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         sigs = prof.network_signatures(low for _, low in _networks(args, args.file))
     items = list(sigs.items())[: args.max_ops] if args.max_ops else list(sigs.items())
     cal_nets = _calibration_networks(args, unit)
-    bad = [t for t in args.calibration_terms.split(",") if t.strip() not in CALIBRATION_TERMS]
-    if bad:
+    terms = [t.strip() for t in args.calibration_terms.split(",") if t.strip()]
+    bad = [t for t in terms if t not in CALIBRATION_TERMS]
+    if bad or not terms:
         raise UsageError(f"--calibration-terms: expected some of {', '.join(CALIBRATION_TERMS)}, got {bad}")
     have = {k for k, _ in items}
     items += [(k, v) for k, v in prof.network_signatures(low for _, low in cal_nets).items() if k not in have]
@@ -327,7 +332,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if not todo and not out.exists():
         atomic_write_text(out, table.dumps())
     if cal_nets:
-        table = _calibrate(table.replace(entries=dict(entries)), cal_nets, cal_ms, args)
+        table = _calibrate(table.replace(entries=dict(entries)), cal_nets, cal_ms, terms, args)
         atomic_write_text(out, table.dumps())
         fit = table.model.fit if table.model else {}
         err.print(f"calibrated on {len(cal_nets)} networks (seed {table.provenance['calibration']['seed']}): "
@@ -338,14 +343,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: list[float],
+def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: list[float], terms: list[str],
                args: argparse.Namespace) -> Any:
     """Fit the fallback model on the entries and the global terms on the calibration networks."""
     from ..latency.model import fit_lut
 
-    terms = [t.strip() for t in args.calibration_terms.split(",") if t.strip()]
     lows = [low for _, low in cal_nets]
-    seed = args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+    seed = _calibration_seed(args)
     prov = {**table.provenance, "calibration": {
         "networks": len(lows), "seed": seed, "space": Path(args.file).name, "terms": terms,
         "measured_ms": [round(float(m), 5) for m in ms]}}
@@ -506,7 +510,6 @@ def _reference(table: Any, args: argparse.Namespace, overhead: float) -> Any:
 
 
 def _measure(lows: list[LoweredNetwork], args: argparse.Namespace, table: Any) -> np.ndarray:
-
     overhead = _setup_clock(args)
     reference = _reference(table, args, overhead)
     if reference is not None:

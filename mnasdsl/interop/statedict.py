@@ -79,7 +79,7 @@ def read_torch(path: Path) -> dict[str, np.ndarray]:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MnasError(f"{path}: cannot load as a weights-only PyTorch file: {msg}") from None
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not isinstance(obj.get(key), torch.Tensor):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict):
