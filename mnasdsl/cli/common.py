@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported for commands
 from ..ir import Network
@@ -118,6 +119,17 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except (OSError, AttributeError, ValueError):
         pass  # a cache is an optimization; never fail a compile over it
+
+
+def cost_table(title: str) -> Table:
+    """The per-layer params/MACs table `cost` and `compile` print (rows: name, op, output, params, MACs)."""
+    t = Table(title=title)
+    t.add_column("layer")
+    t.add_column("op")
+    t.add_column("output")
+    t.add_column("params", justify="right")
+    t.add_column("MACs", justify="right")
+    return t
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

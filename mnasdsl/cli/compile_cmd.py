@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from ..cost import cost_lowered
 from ..diagnostics import MnasError
 from ..lowering import lower
@@ -18,10 +16,12 @@ from .common import (
     add_network_args,
     atomic_write_bytes,
     atomic_write_text,
+    cost_table,
     enable_compilation_cache,
     load_network,
     positive_int,
     print_json,
+    shape_text,
     stdout_console,
 )
 
@@ -167,14 +167,9 @@ def _summary(args: argparse.Namespace, model: Any, lowered: Any, weights: str) -
         else:
             print_json(obj)
         return 0
-    t = Table(title=f"{lowered.name} -> flax ({args.batch}x{h}x{w}x{ch}, {args.dtype})")
-    t.add_column("layer")
-    t.add_column("op")
-    t.add_column("output")
-    t.add_column("params", justify="right")
-    t.add_column("MACs", justify="right")
+    t = cost_table(f"{lowered.name} -> flax ({args.batch}x{h}x{w}x{ch}, {args.dtype})")
     for r in rows:
-        t.add_row(r["name"], r["op"], "x".join(map(str, r["out"])), f"{r['params']:,}", f"{r['macs']:,}")
+        t.add_row(r["name"], r["op"], shape_text(tuple(r["out"])), f"{r['params']:,}", f"{r['macs']:,}")
     t.add_section()
     t.add_row("total", "", "", f"{total:,}", f"{c.macs:,}")
     con = stdout_console()

@@ -21,6 +21,7 @@ from ..space import Space
 from .common import (
     add_network_args,
     atomic_write_text,
+    cost_table,
     layer_text,
     load_network,
     print_json,
@@ -163,12 +164,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         out = {"name": low.name, "input": list(low.input_shape), **c.to_json()}
         print_json(out)
         return 0
-    t = Table(title=f"cost of {low.name} at {shape_text(low.input_shape)}")
-    t.add_column("layer")
-    t.add_column("op")
-    t.add_column("output")
-    t.add_column("params", justify="right")
-    t.add_column("MACs", justify="right")
+    t = cost_table(f"cost of {low.name} at {shape_text(low.input_shape)}")
     for ly, lc in zip(low.layers, c.layers):
         t.add_row(ly.name, layer_text(ly), shape_text(ly.out_shape), f"{lc.params:,}", f"{lc.macs:,}")
     t.add_section()
