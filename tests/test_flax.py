@@ -309,28 +309,6 @@ def test_fused_depthwise_gradient_matches_grouped(k: int, stride: int, size: tup
     np.testing.assert_allclose(dw1, dw2, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("k,stride,size,padding", [(3, 1, (7, 8), "same"), (5, 2, (9, 9), "symmetric"),
-                                                   (3, 2, (10, 9), "same")])
-def test_chunked_depthwise_weight_gradient(monkeypatch: pytest.MonkeyPatch, k: int, stride: int,
-                                           size: tuple[int, int], padding: str) -> None:
-    """The weight gradient summed over batch chunks in a loop (forced here: a chunk of one image)
-    equals the grouped convolution's, and the loop really runs."""
-    monkeypatch.setattr(flax_ops, "WGRAD_CHUNK_BYTES", 1)
-    kx, kw = jax.random.split(jax.random.key(k * stride))
-    x = jax.random.normal(kx, (6, *size, 5))
-    w = jax.random.normal(kw, (k, k, 1, 5))
-    pads = flax_ops.conv_pads(size, k, (stride, stride), padding)
-
-    def loss(f):  # type: ignore[no-untyped-def]
-        return lambda x, w: jnp.sum(jnp.sin(f(x, w, (stride, stride), pads)))
-
-    fused = jax.jit(jax.grad(loss(flax_ops.depthwise_fused), (0, 1)))
-    assert "while" in fused.lower(x, w).as_text()
-    (dx1, dw1), (dx2, dw2) = fused(x, w), jax.jit(jax.grad(loss(flax_ops.depthwise_grouped), (0, 1)))(x, w)
-    np.testing.assert_allclose(dx1, dx2, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(dw1, dw2, atol=1e-4, rtol=1e-4)
-
-
 def test_pointwise_conv_matmul_matches_convolution() -> None:
     """The 1x1 conv as a matmul over (N*H*W, C) rows: same values and gradients as the convolution."""
     x = jax.random.normal(jax.random.key(7), (2, 5, 6, 4))
