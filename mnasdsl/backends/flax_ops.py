@@ -63,14 +63,17 @@ def depthwise_grouped(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads:
                                     feature_group_count=x.shape[-1])
 
 
-def _fused_forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
-    n, h, wd, c = x.shape
-    kh, kw = w.shape[0], w.shape[1]
+def _pad(x: jax.Array, pads: Pads) -> jax.Array:
     (pt, pb), (pl, pr) = pads
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    return jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+
+
+def _taps_sum(xp: jax.Array, w: jax.Array, stride: tuple[int, int]) -> jax.Array:
+    """sum over taps (a, b) of xp[:, a::s, b::s] * w[a, b]: the depthwise conv of a padded input."""
+    n, hp, wp, c = xp.shape
+    kh, kw = w.shape[0], w.shape[1]
     sh, sw = stride
-    ho = (h + pt + pb - kh) // sh + 1
-    wo = (wd + pl + pr - kw) // sw + 1
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     out = None
     for a in range(kh):
         for b in range(kw):
@@ -79,6 +82,10 @@ def _fused_forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pa
             out = term if out is None else out + term
     assert out is not None
     return out
+
+
+def _fused_forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    return _taps_sum(_pad(x, pads), w, stride)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -93,7 +100,10 @@ def depthwise_fused(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: P
 
 
 def _fused_fwd(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> tuple[jax.Array, Any]:
-    return _fused_forward(x, w, stride, pads), (x, w)
+    # The padded input is the residual: the forward materializes it anyway, and keeping x as well
+    # would hold a second activation-sized buffer until the backward pass.
+    xp = _pad(x, pads)
+    return _taps_sum(xp, w, stride), (xp, w)
 
 
 def _dx(g: jax.Array, w: jax.Array, xshape: tuple[int, ...], stride: tuple[int, int], pads: Pads) -> jax.Array:
@@ -117,7 +127,7 @@ def _dx(g: jax.Array, w: jax.Array, xshape: tuple[int, ...], stride: tuple[int, 
             sub = w[rh::sh, rw::sw]
             th, tw = sub.shape[0], sub.shape[1]
             gp = lax.pad(g, zero, ((0, 0, 0), (th - 1, mh - g.shape[1], 0), (tw - 1, mw - g.shape[2], 0), (0, 0, 0)))
-            phase = _fused_forward(gp, sub[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))  # (n, mh, mw, c)
+            phase = _taps_sum(gp, sub[::-1, ::-1], (1, 1))  # (n, mh, mw, c)
             placed = lax.pad(phase, zero, ((0, 0, 0), (rh, sh - 1 - rh, sh - 1), (rw, sw - 1 - rw, sw - 1), (0, 0, 0)))
             dxp = placed if dxp is None else dxp + placed
     assert dxp is not None
@@ -143,12 +153,13 @@ def _wgrad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride: tuple[int, int
 
 
 def _fused_bwd(stride: tuple[int, int], pads: Pads, res: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, w = res
+    xp, w = res
     kh, kw = w.shape[0], w.shape[1]
     (pt, pb), (pl, pr) = pads
-    dx = _dx(g, w, x.shape, stride, pads)
-    dw = _wgrad(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), g, kh, kw, stride)
-    return dx.astype(x.dtype), dw.reshape(kh, kw, 1, x.shape[3]).astype(w.dtype)
+    xshape = (xp.shape[0], xp.shape[1] - pt - pb, xp.shape[2] - pl - pr, xp.shape[3])
+    dx = _dx(g, w, xshape, stride, pads)
+    dw = _wgrad(xp, g, kh, kw, stride)
+    return dx.astype(xp.dtype), dw.reshape(kh, kw, 1, xp.shape[3]).astype(w.dtype)
 
 
 depthwise_fused.defvjp(_fused_fwd, _fused_bwd)
