@@ -4,9 +4,11 @@
 Both train on one fixed synthetic batch (random images and labels), so only the training step is
 timed: forward, backward, optimizer update (RMSProp, label smoothing 0.1 on both sides), after
 warm-up steps that absorb compilation. PyTorch runs in its own interpreter (a benchmark-only venv:
-torch==2.14.1, torchvision==0.29.1, timm) named by MNASDSL_TORCH_PYTHON.
+torch==2.14.1, torchvision==0.29.1, timm) named by MNASDSL_TORCH_PYTHON, kept up beside ours: the
+two take turns, ``--steps`` steps each per round (the order alternating between rounds), so drift
+in a shared machine's speed lands on both alike. Images/s is over all timed steps of all rounds.
 
-    python benchmarks/bench_train.py [--batch 32] [--steps 10] [--warmup 2] [--json]
+    python benchmarks/bench_train.py [--batch 32] [--steps 4] [--rounds 3] [--warmup 2] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "mnasnet-a1.mnas"
 CLASSES = 10
 
+# The PyTorch side: builds the model, warms up, then answers each "STEPS" line on stdin with the
+# seconds those training steps took.
 TORCH_SCRIPT = r"""
 import json, sys, time
 import torch, timm
-batch, steps, warmup, classes, res = (int(a) for a in sys.argv[1:6])
+batch, warmup, classes, res = (int(a) for a in sys.argv[1:5])
 torch.manual_seed(0)
 model = timm.create_model("semnasnet_100", pretrained=False, num_classes=classes)
 model.train()
@@ -44,15 +49,16 @@ def step():
     loss = loss_fn(model((x.float() - mean) / std), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 for _ in range(warmup):
     step()
-t = time.perf_counter()
-for _ in range(steps):
-    step()
-dt = time.perf_counter() - t
-print(json.dumps({"images_per_s": batch * steps / dt, "threads": torch.get_num_threads(),
-                  "torch": torch.__version__, "timm": timm.__version__}))
+print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}),
+      flush=True)
+for line in sys.stdin:
+    t = time.perf_counter()
+    for _ in range(int(line)):
+        step()
+    print(json.dumps(time.perf_counter() - t), flush=True)
 """
 
 
@@ -60,7 +66,8 @@ def torch_python() -> str | None:
     return os.environ.get("MNASDSL_TORCH_PYTHON") or None
 
 
-def bench_ours(batch: int, steps: int, warmup: int, res: int) -> dict[str, float]:
+def setup_ours(batch: int, warmup: int, res: int) -> tuple[dict[str, float], Callable[[int], float]]:
+    """Build and warm up mnasdsl's trainer; returns its info and ``steps -> seconds``."""
     import jax
 
     import mnasdsl
@@ -78,53 +85,107 @@ def bench_ours(batch: int, steps: int, warmup: int, res: int) -> dict[str, float
     for _ in range(warmup):
         jax.block_until_ready(trainer.step(b))
     setup = time.perf_counter() - t0
-    t = time.perf_counter()
-    for _ in range(steps):
-        m = trainer.step(b)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t
-    return {"images_per_s": batch * steps / dt, "setup_s": setup, "devices": n_dev}
+
+    def run(steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            m = trainer.step(b)
+        jax.block_until_ready(m)
+        return time.perf_counter() - t
+
+    return {"setup_s": setup, "devices": n_dev, "batch": batch}, run
 
 
-def bench_torch(batch: int, steps: int, warmup: int, res: int) -> dict[str, float] | str:
-    py = torch_python()
-    if py is None:
-        return ("no PyTorch interpreter: python -m venv .venv-torch && .venv-torch/bin/pip install "
-                "torch==2.14.1 torchvision==0.29.1 timm, then MNASDSL_TORCH_PYTHON=.venv-torch/bin/python")
-    try:
-        r = subprocess.run([py, "-c", TORCH_SCRIPT, str(batch), str(steps), str(warmup), str(CLASSES), str(res)],
-                           capture_output=True, text=True, timeout=3600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"PyTorch run failed: {e}"
-    if r.returncode != 0:
-        return f"PyTorch run failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
-    return json.loads(r.stdout.strip().splitlines()[-1])
+class TorchSide:
+    """The PyTorch interpreter, kept running and asked for a number of steps at a time."""
+
+    def __init__(self, python: str, batch: int, warmup: int, res: int) -> None:
+        self.proc = subprocess.Popen([python, "-c", TORCH_SCRIPT, str(batch), str(warmup), str(CLASSES), str(res)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self._line())
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch side exited with status {self.proc.wait()}")
+        return line
+
+    def run(self, steps: int) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return float(json.loads(self._line()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    torch_r = bench_torch(args.batch, args.steps, args.warmup, args.resolution)
-    ours = bench_ours(args.batch, args.steps, args.warmup, args.resolution)
-    out: dict[str, object] = {"network": "mnasnet_a1", "resolution": args.resolution, "batch": args.batch,
-                              "steps": args.steps, "ours": ours, "torch": torch_r}
-    if isinstance(torch_r, dict):
-        out["speedup"] = ours["images_per_s"] / torch_r["images_per_s"]
+    info, ours_run = setup_ours(args.batch, args.warmup, args.resolution)
+    batch = int(info["batch"])
+    py = torch_python()
+    torch_side: TorchSide | None = None
+    skipped = ""
+    if py is None:
+        skipped = ("no PyTorch interpreter: python -m venv .venv-torch && .venv-torch/bin/pip install "
+                   "torch==2.14.1 torchvision==0.29.1 timm, then MNASDSL_TORCH_PYTHON=.venv-torch/bin/python")
+    else:
+        try:
+            torch_side = TorchSide(py, batch, args.warmup, args.resolution)
+        except (OSError, RuntimeError, ValueError) as e:
+            skipped = f"PyTorch run failed: {e}"
+
+    ours_s, theirs_s, round_ratios = 0.0, 0.0, []
+    try:
+        for r in range(args.rounds):
+            sides: list[tuple[str, Callable[[int], float]]] = [("ours", ours_run)]
+            if torch_side is not None:
+                sides.append(("theirs", torch_side.run))
+            got = {name: fn(args.steps) for name, fn in (sides if r % 2 == 0 else sides[::-1])}
+            ours_s += got["ours"]
+            if "theirs" in got:
+                theirs_s += got["theirs"]
+                round_ratios.append(got["theirs"] / got["ours"])
+    except RuntimeError as e:
+        skipped, torch_side = f"PyTorch run failed: {e}", None
+    finally:
+        if torch_side is not None:
+            torch_side.close()
+
+    timed = batch * args.steps * args.rounds
+    ours = {"images_per_s": timed / ours_s, **info}
+    out: dict[str, object] = {"network": "mnasnet_a1", "resolution": args.resolution, "batch": batch,
+                              "steps": args.steps, "rounds": args.rounds, "ours": ours}
+    if torch_side is not None:
+        out["torch"] = {"images_per_s": timed / theirs_s, **torch_side.info}
+        out["speedup"] = theirs_s / ours_s
+        out["round_speedups"] = round_ratios
+    else:
+        out["torch"] = skipped
     if args.json:
         print(json.dumps(out, indent=2))
+        return 0
+    print(f"mnasdsl (Flax/XLA): {ours['images_per_s']:8.1f} images/s  (setup incl. compile {info['setup_s']:.0f}s)")
+    if torch_side is not None:
+        t = out["torch"]
+        assert isinstance(t, dict)
+        print(f"timm semnasnet_100: {t['images_per_s']:8.1f} images/s  (PyTorch {t['torch']} eager, "
+              f"{t['threads']} threads)")
+        print(f"speedup: {out['speedup']:.2f}x (target >= 1.5x); per round: "
+              + " ".join(f"{x:.2f}" for x in round_ratios))
     else:
-        print(f"mnasdsl (Flax/XLA): {ours['images_per_s']:8.1f} images/s  (setup incl. compile {ours['setup_s']:.0f}s)")
-        if isinstance(torch_r, dict):
-            print(f"timm semnasnet_100: {torch_r['images_per_s']:8.1f} images/s  (PyTorch {torch_r['torch']} eager, "
-                  f"{torch_r['threads']} threads)")
-            print(f"speedup: {out['speedup']:.2f}x (target >= 1.5x)")
-        else:
-            print(f"timm semnasnet_100: skipped: {torch_r}")
+        print(f"timm semnasnet_100: skipped: {skipped}")
     return 0
 
 
