@@ -145,9 +145,11 @@ def _wgrad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride: tuple[int, int
     (N, H, W) in XLA's loop is slower than either)."""
     n, c = xp.shape[0], xp.shape[3]
     lh, lw = (g.shape[1] - 1) * stride[0] + 1, (g.shape[2] - 1) * stride[1] + 1
+    acc = jnp.promote_types(g.dtype, jnp.float32)  # bfloat16 compute still sums in float32
+    xp, g = xp.astype(acc), g.astype(acc)
     products = [lax.slice(xp, (0, a, b, 0), (n, a + lh, b + lw, c), (1, *stride, 1)) * g
                 for a in range(kh) for b in range(kw)]
-    zeros = [jnp.zeros((), g.dtype)] * len(products)
+    zeros = [jnp.zeros((), acc)] * len(products)
     sums = lax.reduce(products, zeros, lambda acc, v: [p + q for p, q in zip(acc, v, strict=True)], (2,))
     return jnp.stack([jnp.sum(p, axis=(0, 1)) for p in sums])
 
