@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from torch_peer import TorchPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (("forward_b1", "forward, batch 1"), ("forward_b32", "forward, batch 32"),
@@ -133,35 +133,6 @@ def flax_side() -> tuple[dict[str, float | int | str], dict[str, Callable[[int],
     return info, rows
 
 
-class TorchSide:
-    """The PyTorch interpreter, kept running and asked for one row at a time."""
-
-    def __init__(self, python: str, threads: int) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen([python, "-c", TORCH_SIDE, str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        self.info = json.loads(self._line())
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the PyTorch side exited with status {self.proc.wait()}")
-        return line
-
-    def run(self, row: str, reps: int) -> list[float]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{row} {reps}\n")
-        self.proc.stdin.flush()
-        times: list[float] = json.loads(self._line())
-        return times
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads on both sides")
@@ -183,14 +154,15 @@ def main() -> int:
     info, ours_rows = flax_side()
 
     torch_py = os.environ.get("MNASDSL_TORCH_PYTHON")
-    torch_side: TorchSide | None = None
+    torch_side: TorchPeer | None = None
     if not torch_py:
         print("MNASDSL_TORCH_PYTHON is unset: PyTorch side skipped. Make an interpreter for it with\n"
               "  python -m venv .venv-torch && .venv-torch/bin/pip install torch==2.14.1 "
               "torchvision==0.29.1 timm\n  export MNASDSL_TORCH_PYTHON=.venv-torch/bin/python", file=sys.stderr)
     else:
         try:
-            torch_side = TorchSide(torch_py, n)
+            env = dict(os.environ, OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
+            torch_side = TorchPeer(torch_py, TORCH_SIDE, [str(n)], env)
         except (OSError, RuntimeError, ValueError) as e:
             print(f"torch side failed: {e}", file=sys.stderr)
             return 1
@@ -204,7 +176,7 @@ def main() -> int:
             for row, _ in ROWS:
                 sides = [("ours", lambda row=row: ours_rows[row](reps[row]))]
                 if torch_side is not None:
-                    sides.append(("theirs", lambda row=row: torch_side.run(row, reps[row])))
+                    sides.append(("theirs", lambda row=row: torch_side.ask(f"{row} {reps[row]}")))
                 got = {}
                 for name, fn in sides if r % 2 == 0 else sides[::-1]:
                     got[name] = fn()

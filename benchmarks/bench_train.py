@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from torch_peer import TorchPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "mnasnet-a1.mnas"
@@ -96,33 +96,6 @@ def setup_ours(batch: int, warmup: int, res: int) -> tuple[dict[str, float], Cal
     return {"setup_s": setup, "devices": n_dev, "batch": batch}, run
 
 
-class TorchSide:
-    """The PyTorch interpreter, kept running and asked for a number of steps at a time."""
-
-    def __init__(self, python: str, batch: int, warmup: int, res: int) -> None:
-        self.proc = subprocess.Popen([python, "-c", TORCH_SCRIPT, str(batch), str(warmup), str(CLASSES), str(res)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self._line())
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the PyTorch side exited with status {self.proc.wait()}")
-        return line
-
-    def run(self, steps: int) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{steps}\n")
-        self.proc.stdin.flush()
-        return float(json.loads(self._line()))
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -135,14 +108,15 @@ def main() -> int:
     info, ours_run = setup_ours(args.batch, args.warmup, args.resolution)
     batch = int(info["batch"])
     py = torch_python()
-    torch_side: TorchSide | None = None
+    torch_side: TorchPeer | None = None
     skipped = ""
     if py is None:
         skipped = ("no PyTorch interpreter: python -m venv .venv-torch && .venv-torch/bin/pip install "
                    "torch==2.14.1 torchvision==0.29.1 timm, then MNASDSL_TORCH_PYTHON=.venv-torch/bin/python")
     else:
         try:
-            torch_side = TorchSide(py, batch, args.warmup, args.resolution)
+            torch_side = TorchPeer(py, TORCH_SCRIPT, [str(batch), str(args.warmup), str(CLASSES),
+                                                      str(args.resolution)])
         except (OSError, RuntimeError, ValueError) as e:
             skipped = f"PyTorch run failed: {e}"
 
@@ -151,17 +125,19 @@ def main() -> int:
         for r in range(args.rounds):
             sides: list[tuple[str, Callable[[int], float]]] = [("ours", ours_run)]
             if torch_side is not None:
-                sides.append(("theirs", torch_side.run))
+                sides.append(("theirs", lambda steps, peer=torch_side: float(peer.ask(str(steps)))))
             got = {name: fn(args.steps) for name, fn in (sides if r % 2 == 0 else sides[::-1])}
             ours_s += got["ours"]
             if "theirs" in got:
                 theirs_s += got["theirs"]
                 round_ratios.append(got["theirs"] / got["ours"])
     except RuntimeError as e:
-        skipped, torch_side = f"PyTorch run failed: {e}", None
+        skipped = f"PyTorch run failed: {e}"
     finally:
         if torch_side is not None:
             torch_side.close()
+    if skipped:
+        torch_side = None
 
     timed = batch * args.steps * args.rounds
     ours = {"images_per_s": timed / ours_s, **info}
