@@ -150,7 +150,7 @@ def _wgrad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride: tuple[int, int
     products = [lax.slice(xp, (0, a, b, 0), (n, a + lh, b + lw, c), (1, *stride, 1)) * g
                 for a in range(kh) for b in range(kw)]
     zeros = [jnp.zeros((), acc)] * len(products)
-    sums = lax.reduce(products, zeros, lambda acc, v: [p + q for p, q in zip(acc, v, strict=True)], (2,))
+    sums = lax.reduce(products, zeros, lambda s, v: [p + q for p, q in zip(s, v, strict=True)], (2,))
     return jnp.stack([jnp.sum(p, axis=(0, 1)) for p in sums])
 
 
