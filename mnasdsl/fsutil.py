@@ -2,18 +2,54 @@
 
 Write to a temporary file (or directory) beside the target, then rename: readers and a later run
 see the old one or the new one, never half of one, even after a kill -9.
+
+``mkstemp``/``mkdtemp`` create their temporaries 0600/0700 (private until renamed); the result is
+given the mode a plain ``open()``/``mkdir`` would have had under the current umask, or the mode of
+the file or directory it replaces, so an atomic write is never more private than an ordinary one.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .diagnostics import MnasError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask. Read from /proc where possible: ``os.umask`` can only be read by setting it,
+    which briefly changes the mode of files other threads create."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _mode_for(target: Path, *, directory: bool) -> int:
+    """Permission bits for a new ``target``: those of the file (or directory) it replaces, else what a
+    plain ``open()`` (0666) or ``mkdir`` (0777) would give under the umask."""
+    try:
+        st = os.stat(target)
+        if stat.S_ISDIR(st.st_mode) == directory:
+            return stat.S_IMODE(st.st_mode) if directory else st.st_mode & 0o777
+    except OSError:
+        pass
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -29,11 +65,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _mode_for(p, directory=False))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if p.exists():
-            os.chmod(tmp, p.stat().st_mode & 0o777)
         os.replace(tmp, p)
     except BaseException as e:
         try:
@@ -57,6 +92,9 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
         raise MnasError(f"{target}: cannot write: {e.strerror or e}") from None
     try:
         yield tmp
+        # Set only once filled: the mode of a read-only directory being replaced would stop the filling.
+        # The setgid bit a shared parent gave the new directory stays, as it would with mkdir.
+        os.chmod(tmp, _mode_for(target, directory=True) | (os.stat(tmp).st_mode & stat.S_ISGID))
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -128,6 +128,33 @@ def test_existing_db_needs_resume(tmp_path: Path) -> None:
         run_search(PAPER, tmp_path / "none.sqlite", cfg(), resume=True)
 
 
+def test_failed_start_does_not_lock_the_db(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A search that fails on its first trial leaves it pending; with nothing finished, the database
+    is reused by any later run (with or without --resume, whatever the settings), starting afresh."""
+    lut = tmp_path / "empty-lut.json"  # no entries and no fallback model: the first trial cannot be priced
+    lut.write_text('{"format": "mnasdsl-lut", "version": 1, "device": "x", "runtime": "y", "entries": {}}')
+    base = ["search", SPACE_PATH, "--trials", "4", "--target-ms", "60", "--json"]
+    fresh = tmp_path / "fresh.sqlite"
+    assert run(capsys, *base, "--db", str(fresh))[0] == 0
+    q = "SELECT round, slot, decisions, status, reward FROM trials ORDER BY id"
+    for extra in ([], ["--resume"], ["--resume", "--algo", "random"]):
+        db = tmp_path / f"failed{len(extra)}.sqlite"
+        rc, _, err = run(capsys, *base, "--db", str(db), "--lut", str(lut))
+        assert rc == 1 and "no entry" in err
+        assert sqlite3.connect(db).execute("SELECT status FROM trials").fetchall() == [("pending",)]
+        rc, out, err = run(capsys, *base, "--db", str(db), *extra)
+        assert rc == 0, err
+        assert json.loads(out)["done"] == 4
+        if "random" not in extra:
+            assert sqlite3.connect(db).execute(q).fetchall() == sqlite3.connect(fresh).execute(q).fetchall()
+    # Finished trials are kept: refused, with the way out in the message.
+    rc, _, err = run(capsys, *base, "--db", str(fresh))
+    assert rc == 1 and "4 finished trials" in err and "pass --resume" in err and "another --db" in err
+    rc, _, err = run(capsys, *base, "--db", str(fresh), "--resume", "--algo", "random", "--seed", "3")
+    assert rc == 1 and "algo: 'evolution' there, 'random' now" in err and "seed: 0 there, 3 now" in err
+    assert "pass the settings it was started with" in err and "another --db" in err
+
+
 def test_resume_equals_uninterrupted_in_process(tmp_path: Path) -> None:
     full = tmp_path / "full.sqlite"
     run_search(PAPER, full, cfg(trials=50))
@@ -246,6 +273,8 @@ def test_cli_search_and_report(capsys, tmp_path: Path) -> None:  # type: ignore[
     (["--lut", "/nonexistent/lut.json"], 1),
     (["--device", "nokia3310"], 1),
     (["--target-ms", "-5"], 2),
+    (["--seed", "-1"], 2),
+    (["--seed", "-1", "--evaluator", "synthetic"], 2),
 ])
 def test_cli_errors(capsys, tmp_path: Path, argv: list[str], code: int) -> None:  # type: ignore[no-untyped-def]
     args = ["search", SPACE_PATH, "--db", str(tmp_path / "e.sqlite"), "--trials", "3", "--target-ms", "70", *argv]

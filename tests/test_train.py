@@ -205,8 +205,17 @@ def trained(tiny_spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_every_output(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mnasdsl.fsutil import current_umask
+
+    mask = current_umask()
     for name in ("metrics.csv", "result.json", "curves.png", "ckpt.json"):
         assert (trained / name).is_file(), name
+        # as a plain open() would have made them, not mkstemp's 0600
+        assert (trained / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    epoch = trained / "checkpoints" / "epoch_0002"
+    assert epoch.stat().st_mode & 0o777 == (trained / "checkpoints").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (epoch / "meta.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (epoch / "weights").stat().st_mode & 0o777 == 0o777 & ~mask
     assert list((trained / "tb").glob("events.out.tfevents.*"))
     res = json.loads((trained / "result.json").read_text())
     assert {"val_acc", "val_loss", "epochs", "images_per_s"} <= set(res) and res["epochs"] == 2
@@ -242,6 +251,8 @@ def test_eval_and_predict_from_the_checkpoint(trained: Path, tiny_spec: Path, tm
     (["--resume", "--lr", "0.1"], "incompatible checkpoint"),
     ([], "already holds a training run"),
     (["--classes", "5"], "5 classes"),
+    (["--resume", "--data", "synthetic"], "trained on digits (1438 train / 359 val images), not synthetic "
+                                          "(2048 train / 256 val images); resume it with --data digits"),
 ])
 def test_train_refuses_to_clobber_or_mix_runs(trained: Path, tiny_spec: Path, extra: list[str], message: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -266,6 +277,25 @@ def test_cli_user_errors(tiny_spec: Path, tmp_path: Path, capsys: pytest.Capture
         err = capsys.readouterr().err
         assert rc == 1 and message in err and "Traceback" not in err, (args, err)
     assert main(["eval", str(tiny_spec), "--ckpt", str(tmp_path / "none"), "--data", "digits"]) == 1
+
+
+def test_resume_with_other_epochs_rebuilds_the_schedule(tiny_spec: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    base = ["train", str(tiny_spec), "--data", "digits", "--out", str(out), "--batch", "32", "--json"]
+    assert main([*base, "--epochs", "1", "-q"]) == 0
+    first = json.loads((out / "result.json").read_text())["history"]
+    capsys.readouterr()
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "--epochs 2 differs from the 1 this run was started with" in err
+    assert "schedule is rebuilt for 2 epochs: cosine decay now spans 2 epochs" in err
+    assert "the 1 completed epoch keeps its rates, and epoch 2 starts at lr" in err
+    res = json.loads((out / "result.json").read_text())
+    assert res["epochs"] == 2 and res["history"][0] == first[0]
+    assert json.loads((out / "checkpoints" / "epoch_0002" / "meta.json").read_text())["epochs"] == 2
+    assert main([*base, "--epochs", "2", "--resume"]) == 0  # the run is now a 2-epoch one: nothing to say
+    assert "differs" not in capsys.readouterr().err
 
 
 def _train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:

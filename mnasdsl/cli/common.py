@@ -44,14 +44,19 @@ def positive_float(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, least: int = 1) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    if v < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {v}")
     return v
+
+
+def seed_arg(text: str) -> int:
+    """A usage error for a negative seed: numpy's seed sequences take only non-negative integers."""
+    return positive_int(text, least=0)
 
 
 def resolution_arg(text: str) -> int | tuple[int, int]:

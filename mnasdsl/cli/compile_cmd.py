@@ -26,6 +26,8 @@ from .common import (
 )
 
 BACKENDS = ("flax",)
+EMITS = ("summary", "stablehlo", "tflite", "onnx")
+QUANTIZE = ("none", "fp16", "int8")
 PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
 DTYPES = ("float32", "bfloat16")
 
@@ -37,9 +39,17 @@ def register(sub: Any) -> None:
                                    "artifact with the weights embedded, loadable without mnasdsl.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--backend", default="flax", metavar="NAME", help="backend (only: flax; the default)")
-    p.add_argument("--emit", default="summary", metavar="KIND", help="summary (default) or stablehlo")
+    p.add_argument("--emit", default="summary", metavar="KIND",
+                   help="summary (default), stablehlo, tflite (LiteRT flatbuffer) or onnx")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file (stablehlo: default NAME.stablehlo; summary: instead of stdout)")
+                   help="output file (default NAME.stablehlo / NAME.tflite / NAME.onnx; summary: instead of stdout)")
+    p.add_argument("--quantize", default="none", metavar="Q",
+                   help="tflite: none (float32, default), fp16 (float16 weights) or int8 (full-integer, needs "
+                        "--calibration)")
+    p.add_argument("--calibration", metavar="SOURCE",
+                   help="int8: calibration images: an ImageFolder directory, `digits` or `synthetic`")
+    p.add_argument("--calibration-size", type=positive_int, default=128, metavar="N",
+                   help="int8: calibration images taken from SOURCE's training split (default 128)")
     p.add_argument("--batch", type=positive_int, default=1, metavar="N", help="batch size (default 1)")
     p.add_argument("--platform", metavar="P[,P..]",
                    help="target platform(s): cpu, gpu (= cuda), rocm, tpu; several export one multi-platform "
@@ -68,8 +78,16 @@ def _platforms(text: str | None) -> list[str] | None:
 def cmd_compile(args: argparse.Namespace) -> int:
     if args.backend != "flax":
         raise UsageError(f"unknown backend {args.backend!r} (available: {', '.join(BACKENDS)})")
-    if args.emit not in ("summary", "stablehlo"):
-        raise UsageError(f"unknown --emit {args.emit!r} (expected summary or stablehlo)")
+    if args.emit not in EMITS:
+        raise UsageError(f"unknown --emit {args.emit!r} (expected {', '.join(EMITS)})")
+    if args.quantize not in QUANTIZE:
+        raise UsageError(f"unknown --quantize {args.quantize!r} (expected {', '.join(QUANTIZE)})")
+    if args.quantize != "none" and args.emit != "tflite":
+        raise UsageError("--quantize applies to --emit tflite")
+    if args.quantize == "int8" and not args.calibration:
+        raise UsageError("--quantize int8 needs --calibration SOURCE (an ImageFolder directory, digits or synthetic)")
+    if args.calibration and args.quantize != "int8":
+        raise UsageError("--calibration applies to --quantize int8")
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r} (expected {' or '.join(DTYPES)})")
     platforms = _platforms(args.platform)
@@ -101,6 +119,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if args.emit == "stablehlo":
         return _emit_stablehlo(args, model, platforms or [jax.default_backend()], weights)
+    if args.emit in ("tflite", "onnx"):
+        from .deploy import emit_deployable
+
+        return emit_deployable(args, model, weights)
     return _summary(args, model, lowered, weights)
 
 

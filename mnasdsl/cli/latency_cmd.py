@@ -40,12 +40,24 @@ def register(sub: Any) -> None:
     _add_table_args(p)
     p.add_argument("--target-ms", type=positive_float, metavar="T",
                    help="also print the MnasNet objective factor (LAT/T)^w, soft and hard")
+    p.add_argument("--measure", metavar="RUNTIME",
+                   help="also time the whole network here: litert (the LiteRT interpreter, XNNPACK) or xla")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="--measure litert: threads (1)")
+    p.add_argument("--repeats", type=positive_int, default=20, metavar="N", help="--measure: timed runs (median; 20)")
     add_network_args(p)
     p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("profile", help="time each distinct op of a network or space here; write a LUT")
     p.add_argument("file", metavar="FILE_OR_SPACE")
-    p.add_argument("-o", "--output", required=True, metavar="LUT.json", help="table to write (resumed if present)")
+    p.add_argument("-o", "--output", metavar="LUT.json", help="table to write (resumed if present)")
+    p.add_argument("--runtime", default="xla", metavar="R",
+                   help="xla (the Flax backend under XLA, default) or litert (each op converted to its own .tflite "
+                        "and timed in the LiteRT interpreter with XNNPACK, the runtime phones run)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="litert: interpreter threads (default 1, as the Pixel-1 tables: one big core)")
+    p.add_argument("--export-ops", metavar="DIR",
+                   help="litert: instead of timing here, write the on-phone kit: one .tflite per op signature (and "
+                        "the --calibrate networks), manifest.json and run_on_device.sh (adb + benchmark_model)")
     p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default 1)")
     p.add_argument("--repeats", type=positive_int, default=10, metavar="N", help="timed runs per op (median; 10)")
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed runs after compiling (default 2)")
@@ -79,13 +91,19 @@ def register(sub: Any) -> None:
     lsub = lut.add_subparsers(dest="lut_command", metavar="SUBCOMMAND", parser_class=type(lut))
     lsub.required = True
 
-    p = lsub.add_parser("import", help="convert a foreign latency table")
-    p.add_argument("format", choices=["proxylessnas"], help="source format")
+    p = lsub.add_parser("import", help="convert a foreign latency table, or a phone kit's benchmark_model logs")
+    p.add_argument("format", choices=["proxylessnas", "benchmark-model"],
+                   help="source format: proxylessnas (FILE is its table) or benchmark-model (FILE is the logs/ "
+                        "directory of a phone kit run with run_on_device.sh)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", required=True, metavar="OUT.json")
-    p.add_argument("--device", default="pixel1", help="device name to record (default pixel1)")
-    p.add_argument("--runtime", default="TFLite", help="runtime to record (default TFLite)")
-    p.add_argument("--act", default="relu6", help="activation the table was measured with (default relu6)")
+    p.add_argument("--manifest", metavar="PATH",
+                   help="benchmark-model: the kit's manifest.json (default FILE/../manifest.json)")
+    p.add_argument("--device", help="device name to record (default pixel1; benchmark-model: the phone model "
+                                    "recorded in the logs)")
+    p.add_argument("--runtime", help="runtime to record (default TFLite; benchmark-model: \"LiteRT benchmark_model, "
+                                     "XNNPACK, N threads\" from the logs)")
+    p.add_argument("--act", default="relu6", help="proxylessnas: activation the table was measured with (relu6)")
     p.set_defaults(func=cmd_lut_import)
 
     p = lsub.add_parser("fit", help="fit the fallback model (NNLS, relative error) on entries [+ networks]")
@@ -114,6 +132,10 @@ def register(sub: Any) -> None:
                    help="wall: elapsed time (a dedicated device); cpu: process CPU time with XLA single-threaded, "
                         "robust on a shared machine (default wall)")
     p.add_argument("--save", metavar="DIR", help="with --measure: write the specs and measured.csv (for lut fit)")
+    p.add_argument("--runtime", metavar="R",
+                   help="with --measure: xla or litert (default: the runtime the table was profiled with)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="with --measure litert: threads (default: the table's)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_overrides(p)
     p.set_defaults(func=cmd_lut_check)
@@ -156,6 +178,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     lut = _table(args)
     low = lower(load_network(args))
     est = Estimator(lut).estimate(low)
+    measured = _measure_one(low, args) if args.measure else None
     factors = None
     if args.target_ms:
         t_ms = args.target_ms
@@ -167,6 +190,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
                                "runtime": lut.runtime, **est.to_json()}
         if factors:
             out["objective"] = factors
+        if measured is not None:
+            out["measured"] = measured
         print_json(out)
         return 0
     t = Table(title=f"latency of {low.name} at {shape_text(low.input_shape)} on {lut.device} ({lut.runtime})")
@@ -182,10 +207,36 @@ def cmd_latency(args: argparse.Namespace) -> int:
     con.print(t)
     con.print(f"{est.ms:.2f} ms on {lut.device}; table coverage {_pct(est.coverage)} of the estimate "
               f"({sum(r.source == 'lut' for r in est.layers)}/{len(est.layers)} layers from entries)")
+    if measured is not None:
+        same = str(lut.provenance.get("runtime_kind", "")) == args.measure
+        vs = (f"the estimate is {(est.ms - measured['ms']) / measured['ms'] * 100:+.1f}% off" if same
+              else f"the table is for {lut.device} ({lut.runtime}), not this runtime here")
+        con.print(f"measured here: {measured['ms']:.2f} ms ({measured['runtime']}, median of {measured['repeats']}); "
+                  f"{vs}")
     if factors:
         con.print(f"objective factor (LAT/T)^w at T = {args.target_ms:g} ms: soft (a=b=-0.07) "
                   f"{factors['soft']['factor']:.4f}, hard (a=0, b=-1) {factors['hard']['factor']:.4f}")
     return 0
+
+
+def _measure_one(low: LoweredNetwork, args: argparse.Namespace) -> dict[str, Any]:
+    """`latency --measure RUNTIME`: the whole network timed here (median of --repeats)."""
+    from ..latency import profile as prof
+
+    if args.measure not in prof.RUNTIMES:
+        raise UsageError(f"unknown --measure {args.measure!r} (expected {' or '.join(prof.RUNTIMES)})")
+    prepared = prof.prepare_network(low, runtime=args.measure, threads=args.threads)
+    overhead = prof.call_overhead_ms("wall", runtime=args.measure, threads=args.threads)
+    med, std, n = prof._time(prepared, repeats=args.repeats, warmup=3)
+    if args.measure == "litert":
+        from ..latency import litert
+
+        name = litert.runtime_name(args.threads)
+    else:
+        import jax
+
+        name = f"XLA/{jax.default_backend()} via jax {jax.__version__}"
+    return {"runtime": name, "ms": max(med - overhead, 1e-4), "std_ms": std, "repeats": n}
 
 
 def _unit(path: str, name: str | None) -> Network | SpaceDef:
@@ -253,30 +304,24 @@ def _progress() -> Progress:
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..latency import profile as prof
     from ..latency.lut import Entry, read_lut
-    from ..latency.model import CALIBRATION_TERMS
 
+    _check_profile_args(args)
+    if args.export_ops:
+        return _export_ops(args)
     overhead = _setup_clock(args)
-    unit = _unit(args.file, args.network)
-    if isinstance(unit, SpaceDef) and not args.sample:
-        ov = {k: v for k, v in _overrides(args).items() if v is not None}
-        sigs = prof.space_signatures(Space(unit), args.max_ops, **ov)
-    else:
-        sigs = prof.network_signatures(low for _, low in _networks(args, args.file))
-    items = list(sigs.items())[: args.max_ops] if args.max_ops else list(sigs.items())
-    cal_nets = _calibration_networks(args, unit)
-    terms = [t.strip() for t in args.calibration_terms.split(",") if t.strip()]
-    bad = [t for t in terms if t not in CALIBRATION_TERMS]
-    if bad or not terms:
-        raise UsageError(f"--calibration-terms: expected some of {', '.join(CALIBRATION_TERMS)}, got {bad}")
-    have = {k for k, _ in items}
-    items += [(k, v) for k, v in prof.network_signatures(low for _, low in cal_nets).items() if k not in have]
+    items, cal_nets, terms = _profile_plan(args)
     out = Path(args.output)
     if out.exists():
         table = read_lut(out)
         if table.batch != args.batch:
             raise MnasError(f"measured at batch {table.batch}, not {args.batch}; use another output file",
                             path=str(out))
-        here = prof.device_info()
+        was = str(table.provenance.get("runtime_kind", "xla"))
+        if was != args.runtime or (was == "litert" and table.provenance.get("threads") != args.threads):
+            raise MnasError(f"measured with {table.runtime}, not --runtime {args.runtime}"
+                            f"{f' --threads {args.threads}' if args.runtime == 'litert' else ''}; use another "
+                            "output file", path=str(out))
+        here = prof.device_info() if args.runtime == "xla" else {"platform": "litert"}
         if table.provenance.get("platform") not in (None, here["platform"]):
             raise MnasError(f"measured on {table.provenance.get('platform')}, this machine runs "
                             f"{here['platform']}; use another output file", path=str(out))
@@ -287,10 +332,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                             "or use another output file", path=str(out))
         reference = _reference(table, args, overhead)
     else:
-        reference = prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead) \
-            if args.reference else None
+        reference = prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead,
+                                   runtime=args.runtime, threads=args.threads) if args.reference else None
         table = prof.new_table(args.device, args.batch, repeats=args.repeats, rounds=args.rounds, clock=args.clock,
-                               overhead_ms=overhead, reference=reference)
+                               overhead_ms=overhead, reference=reference, runtime=args.runtime, threads=args.threads)
     todo = [(k, lay, low) for k, (lay, low) in items if k not in table.entries]
     err = stderr_console()
     err.print(f"{len(items)} op signatures, {len(items) - len(todo)} already in {out}, {len(todo)} to measure "
@@ -301,7 +346,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         task = bar.add_task("compiling", total=len(todo))
         prepared = []
         for i, (_, layer, low) in enumerate(todo):
-            prepared.append(prof.prepare_layer(layer, low, batch=args.batch))
+            prepared.append(prof.prepare_layer(layer, low, batch=args.batch, runtime=args.runtime,
+                                               threads=args.threads))
             bar.advance(task)
             if i % 25 == 24 or i == len(todo) - 1:  # resumable: a crash loses at most a few ops
                 part = prof.time_rounds(prepared[-(i % 25 + 1):], repeats=args.repeats, rounds=1, warmup=args.warmup,
@@ -311,7 +357,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         if cal_nets:
             task = bar.add_task("compiling calibration networks", total=len(cal_nets))
             for _, low in cal_nets:
-                prepared.append(prof.prepare_network(low, batch=args.batch))
+                prepared.append(prof.prepare_network(low, batch=args.batch, runtime=args.runtime,
+                                                     threads=args.threads))
                 bar.advance(task)
         task = bar.add_task("timing", total=len(prepared) * args.rounds)
 
@@ -343,6 +390,72 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_profile_args(args: argparse.Namespace) -> None:
+    from ..latency.profile import RUNTIMES
+
+    if args.runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {args.runtime!r} (expected {' or '.join(RUNTIMES)})")
+    if args.export_ops:
+        if args.runtime != "litert":
+            raise UsageError("--export-ops writes LiteRT models: pass --runtime litert")
+        if args.output:
+            raise UsageError("--export-ops writes a kit to run elsewhere; -o (a table timed here) does not apply")
+    elif not args.output:
+        raise UsageError("pass -o LUT.json (or --export-ops DIR with --runtime litert)")
+    if args.runtime == "litert" and args.clock == "cpu" and args.threads != 1:
+        raise UsageError("--clock cpu counts every thread's CPU time: use it with --threads 1")
+
+
+def _profile_plan(args: argparse.Namespace) -> tuple[list[Any], list[tuple[Network, LoweredNetwork]], list[str]]:
+    """The op signatures to measure (the calibration networks' ops included), the calibration
+    networks, and the calibration terms."""
+    from ..latency import profile as prof
+    from ..latency.model import CALIBRATION_TERMS
+
+    unit = _unit(args.file, args.network)
+    if isinstance(unit, SpaceDef) and not args.sample:
+        ov = {k: v for k, v in _overrides(args).items() if v is not None}
+        sigs = prof.space_signatures(Space(unit), args.max_ops, **ov)
+    else:
+        sigs = prof.network_signatures(low for _, low in _networks(args, args.file))
+    items = list(sigs.items())[: args.max_ops] if args.max_ops else list(sigs.items())
+    cal_nets = _calibration_networks(args, unit)
+    terms = [t.strip() for t in args.calibration_terms.split(",") if t.strip()]
+    bad = [t for t in terms if t not in CALIBRATION_TERMS]
+    if bad or not terms:
+        raise UsageError(f"--calibration-terms: expected some of {', '.join(CALIBRATION_TERMS)}, got {bad}")
+    have = {k for k, _ in items}
+    items += [(k, v) for k, v in prof.network_signatures(low for _, low in cal_nets).items() if k not in have]
+    return items, cal_nets, terms
+
+
+def _export_ops(args: argparse.Namespace) -> int:
+    """`profile --runtime litert --export-ops DIR`: the on-phone kit (see mnasdsl.latency.phone)."""
+    from ..backends import tflite
+    from ..formatter import format as format_ir
+    from ..latency import litert
+    from ..latency.phone import KitModel, write_kit
+
+    items, cal_nets, _ = _profile_plan(args)
+    models: list[Any] = []
+    with _progress() as bar:
+        task = bar.add_task("converting", total=len(items) + len(cal_nets))
+        for i, (key, (layer, low)) in enumerate(items):
+            models.append(KitModel(f"op_{i:04d}", litert.layer_tflite(layer, low, batch=args.batch), "op", key=key,
+                                   input_shape=layer.in_shape, batch=args.batch))
+            bar.advance(task)
+        for j, (net, low) in enumerate(cal_nets):
+            models.append(KitModel(f"net_{j:03d}", litert.network_tflite(low, batch=args.batch), "network",
+                                   spec=format_ir(net), input_shape=low.input_shape, batch=args.batch))
+            bar.advance(task)
+    path = write_kit(args.export_ops, models, converter=tflite.converter_version(),
+                     runtime=f"LiteRT benchmark_model, XNNPACK, {args.threads} thread(s)", threads=args.threads,
+                     num_runs=max(args.repeats, 50), warmup_runs=max(args.warmup, 10), batch=args.batch)
+    stderr_console().print(f"wrote {path}: {len(items)} op models, {len(cal_nets)} calibration networks, "
+                           f"manifest.json, run_on_device.sh (see README.txt there)")
+    return 0
+
+
 def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: list[float], terms: list[str],
                args: argparse.Namespace) -> Any:
     """Fit the fallback model on the entries and the global terms on the calibration networks."""
@@ -363,15 +476,48 @@ def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: l
 def cmd_lut_import(args: argparse.Namespace) -> int:
     from ..latency.lut import import_proxylessnas
 
+    if args.format == "benchmark-model":
+        return _import_benchmark_model(args)
+    if args.manifest:
+        raise UsageError("--manifest goes with the benchmark-model format")
     try:
         text = Path(args.file).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MnasError("no such file", path=args.file) from None
+    except IsADirectoryError:
+        raise MnasError("is a directory (directories of logs are the benchmark-model format)", path=args.file) from None
     except (OSError, UnicodeDecodeError) as e:
         raise MnasError(f"cannot read: {e}", path=args.file) from None
-    lut = import_proxylessnas(text, args.file, device=args.device, runtime=args.runtime, act=args.act)
+    lut = import_proxylessnas(text, args.file, device=args.device or "pixel1", runtime=args.runtime or "TFLite",
+                              act=args.act)
     atomic_write_text(args.output, lut.dumps())
     sys.stderr.write(f"wrote {args.output}: {len(lut.entries)} entries ({lut.device}, {lut.runtime})\n")
+    return 0
+
+
+def _import_benchmark_model(args: argparse.Namespace) -> int:
+    """`lut import benchmark-model LOGDIR`: a phone kit's logs to a table, with a short account."""
+    from ..latency.phone import import_logs
+
+    lut, rep = import_logs(args.file, args.manifest, device=args.device, runtime=args.runtime)
+    atomic_write_text(args.output, lut.dumps())
+    say = sys.stderr.write
+    for w in rep.warnings:
+        say(f"warning: {w}\n")
+    say(f"{len(rep.measured)} ops measured from {rep.logs} logs on {lut.device} ({lut.runtime})\n")
+    if rep.missing:
+        shown = ", ".join(rep.missing[:10]) + (f", ... ({len(rep.missing) - 10} more)" if len(rep.missing) > 10 else "")
+        say(f"{len(rep.missing)} ops missing (no log), priced by the fitted model: {shown}\n")
+    else:
+        say("0 ops missing\n")
+    if rep.networks:
+        say(f"{len(rep.networks)} networks calibrated ({', '.join(rep.calibration_terms)}): MAPE "
+            f"{rep.mape_before_pct}% before, {rep.mape_after_pct}% after\n")
+    else:
+        say("0 networks calibrated (no network logs): the table is a plain sum of per-op times\n")
+    if rep.missing_networks:
+        say(f"{len(rep.missing_networks)} calibration networks had no log: {', '.join(rep.missing_networks[:10])}\n")
+    say(f"wrote {args.output}: {len(lut.entries)} entries\n")
     return 0
 
 
@@ -465,7 +611,8 @@ def cmd_lut_check(args: argparse.Namespace) -> int:
         print_json({"device": lut.device, "runtime": lut.runtime, "networks": [
             {"label": lab, "predicted_ms": float(p), "measured_ms": float(t), "error_pct": float((p - t) / t * 100),
              "coverage": float(c)} for lab, p, t, c in zip(labels, pred, true, cover, strict=True)],
-            "errors": dist})
+            "errors": dist, "measured_with": getattr(args, "runtime", None) if args.measure else None,
+            "drift_pct": getattr(args, "drift_pct", None)})
         return 0
     src = "measured here" if args.measure else "published"
     t = Table(title=f"{lut.device} ({lut.runtime}): predicted vs {src}")
@@ -487,6 +634,8 @@ def _setup_clock(args: argparse.Namespace) -> float:
     """Configure XLA for the chosen clock; the per-call dispatch overhead to subtract."""
     from ..latency import profile as prof
 
+    if args.runtime == "litert":
+        return prof.call_overhead_ms(args.clock, runtime="litert", threads=args.threads)
     if args.clock == "cpu":
         if not prof.single_thread_xla():
             stderr_console().print("warning: XLA was already started; the cpu clock may count several threads")
@@ -506,14 +655,28 @@ def _reference(table: Any, args: argparse.Namespace, overhead: float) -> Any:
         return None
     if not isinstance(base, (int, float)) or base <= 0:
         raise MnasError(f"latency table for {table.device}: `provenance.reference_ms` must be a positive number")
-    return prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead, baseline_ms=float(base))
+    return prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead, baseline_ms=float(base),
+                          runtime=args.runtime, threads=args.threads)
 
 
 def _measure(lows: list[LoweredNetwork], args: argparse.Namespace, table: Any) -> np.ndarray:
+    from ..latency.profile import RUNTIMES
+
+    prov = table.provenance
+    args.runtime = args.runtime or str(prov.get("runtime_kind", "xla"))
+    if args.runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {args.runtime!r} (expected {' or '.join(RUNTIMES)})")
+    args.threads = args.threads or int(prov.get("threads", 1) or 1)
+    if str(prov.get("runtime_kind", "xla")) != args.runtime:
+        stderr_console().print(f"warning: the table was measured with {table.runtime}; timing {args.runtime} here")
     overhead = _setup_clock(args)
     reference = _reference(table, args, overhead)
     if reference is not None:
-        stderr_console().print(f"normalizing to the table's reference op ({reference.baseline_ms:.3f} ms at profiling)")
+        now = reference.now_ms()
+        drift = (now / reference.baseline_ms - 1) * 100
+        args.drift_pct = drift
+        stderr_console().print(f"reference op now {now:.3f} ms, {reference.baseline_ms:.3f} ms at profiling "
+                               f"(machine drift {drift:+.1f}%); normalizing to the profiling baseline")
     return _time_networks(lows, args, overhead, reference)
 
 
@@ -525,7 +688,7 @@ def _time_networks(lows: list[LoweredNetwork], args: argparse.Namespace, overhea
         task = bar.add_task("compiling", total=len(lows))
         prepared = []
         for low in lows:
-            prepared.append(prof.prepare_network(low, batch=args.batch))
+            prepared.append(prof.prepare_network(low, batch=args.batch, runtime=args.runtime, threads=args.threads))
             bar.advance(task)
         task = bar.add_task("timing", total=len(lows) * args.rounds)
         res = prof.time_rounds(prepared, repeats=args.repeats, rounds=args.rounds, on_item=lambda: bar.advance(task),

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import UsageError, positive_float, positive_int, print_json, stderr_console, stdout_console
+from .common import (
+    UsageError,
+    positive_float,
+    positive_int,
+    print_json,
+    seed_arg,
+    stderr_console,
+    stdout_console,
+)
 
 
 def register(sub: Any) -> None:
@@ -25,7 +33,10 @@ def register(sub: Any) -> None:
     lat = p.add_mutually_exclusive_group()
     lat.add_argument("--device", metavar="NAME", help="built-in latency model (default pixel1)")
     lat.add_argument("--lut", metavar="FILE", help="latency lookup table (JSON)")
-    lat.add_argument("--measure", action="store_true", help="time each model on the local device")
+    lat.add_argument("--measure", nargs="?", const="xla", default=None, metavar="RUNTIME",
+                     help="time each model here, in the worker that evaluates it: xla (the default when RUNTIME is "
+                          "omitted) or litert (converted to .tflite and run in LiteRT with XNNPACK, 1 thread: the "
+                          "paper's measured latency, on this CPU)")
     rw = p.add_mutually_exclusive_group()
     rw.add_argument("--reward", choices=("soft", "hard"), help="soft: a=b=-0.07 (default); hard: a=0, b=-1")
     rw.add_argument("--alpha", type=float, metavar="A", help="exponent when LAT <= T (with --beta)")
@@ -41,7 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=positive_int, default=1, metavar="K")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto or host:port)")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="controller and evaluator seed (>= 0)")
     p.add_argument("--resume", action="store_true", help="continue the search in --db")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_search)
@@ -52,6 +63,8 @@ def register(sub: Any) -> None:
     p.add_argument("--top", type=positive_int, default=10, metavar="K")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_report)
+
+
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -66,6 +79,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.beta is not None and args.reward:
         raise UsageError("--reward cannot be combined with --alpha/--beta")
     alpha, beta = (args.alpha, args.beta) if args.alpha is not None else (HARD if args.reward == "hard" else SOFT)
+    if args.measure not in (None, "xla", "litert"):
+        raise UsageError(f"unknown --measure runtime {args.measure!r} (expected xla or litert)")
     spec = select(parse_units(read_source(args.file), args.file), args.space, args.file, "space")
     space = Space(spec)  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
@@ -75,7 +90,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         extra["table"] = make_table(space.num_choices, args.seed)
     cache = str(Path(args.db).resolve().parent / ".xla-cache")
     ev = EvalConfig(kind=args.evaluator, data=args.data, epochs=args.epochs, resolution=args.resolution,
-                    batch=args.batch, seed=args.seed, measure=args.measure,
+                    batch=args.batch, seed=args.seed, measure=bool(args.measure),
+                    measure_runtime=args.measure or "xla",
                     cache_dir=cache if args.evaluator in ("proxy", "zero-cost") or args.measure else None,
                     extra=extra)
     latency = "measure" if args.measure else "lut" if args.lut else "device"

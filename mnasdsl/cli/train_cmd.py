@@ -47,22 +47,81 @@ def register(sub: Any) -> None:
     add_network_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a trained checkpoint on a dataset")
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a trained checkpoint or an exported model on a dataset",
+                       description="FILE is a spec (with --ckpt) or an exported .tflite/.onnx model, which runs in "
+                                   "LiteRT/ONNX Runtime with the preprocessing recorded in its .json card.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="training output (or params) directory")
+    p.add_argument("--ckpt", metavar="DIR", help="training output (or params) directory (needed for a spec)")
+    _add_runtime_args(p)
     p.add_argument("--data", required=True, metavar="SOURCE", help="ImageFolder directory, `digits` or `synthetic`")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split (default val)")
     p.add_argument("--batch", type=positive_int, default=128, metavar="B", help="batch size (default 128)")
     add_network_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-5 classes of images under a trained checkpoint")
+    p = sub.add_parser("predict", help="top-5 classes of images under a trained checkpoint or an exported model",
+                       description="FILE is a spec (with --ckpt) or an exported .tflite/.onnx model, which runs in "
+                                   "LiteRT/ONNX Runtime with the preprocessing recorded in its .json card.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="training output (or params) directory")
+    p.add_argument("--ckpt", metavar="DIR", help="training output (or params) directory (needed for a spec)")
+    _add_runtime_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
     add_network_args(p)
     p.set_defaults(func=cmd_predict)
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="xla", metavar="R",
+                   help="with --ckpt: xla (the Flax model, default) or litert (converted to TFLite in memory and "
+                        "run in the LiteRT interpreter, as a phone would)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="LiteRT/ONNX Runtime threads (default: all cores)")
+
+
+def _check_runtime(args: argparse.Namespace) -> str | None:
+    """Which exported-model engine runs FILE: None for the Flax path (a spec run by XLA)."""
+    from .deploy import RUNTIMES, exported_kind
+
+    if args.runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {args.runtime!r} (expected {' or '.join(RUNTIMES)})")
+    kind = exported_kind(args.file)
+    if kind is not None:
+        if args.ckpt is not None:
+            raise UsageError(f"{args.file} is an exported model with its weights inside; --ckpt applies to specs")
+        if args.runtime != "xla":
+            raise UsageError("--runtime applies to a spec with --ckpt; an exported model runs in its own runtime")
+        return kind
+    if args.ckpt is None:
+        raise UsageError(f"{args.file}: a spec needs --ckpt DIR (or give an exported .tflite/.onnx model)")
+    return "litert" if args.runtime == "litert" else None
+
+
+def _exported(args: argparse.Namespace, kind: str) -> Any:
+    """The exported model for FILE, or the checkpoint converted to LiteRT in memory."""
+    import os
+
+    from .deploy import Exported
+
+    threads = args.threads or os.cpu_count() or 1
+    if exported_path := (args.file if args.ckpt is None else None):
+        return Exported(exported_path, threads=threads)
+    from ..backends import tflite
+    from ..backends.folded import fold
+    from .deploy import class_names
+
+    net, model, names = _load_trained(args)
+    ex = Exported.__new__(Exported)
+    ex.model = tflite.load(tflite.convert(fold(model), 1), threads=threads, name=f"{args.ckpt} (LiteRT)")
+    ex.path, ex.name = str(args.ckpt), net.name
+    ex.classes = names or class_names(None, net.classes)
+    from ..train.data import norm_stats
+
+    h, w, c = net.input
+    mean, std = norm_stats(c)
+    ex.mean, ex.std = mean.astype("float32"), std.astype("float32")
+    ex.batch, ex.size, ex.channels = 1, (h, w), c
+    return ex
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -120,6 +179,9 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate_model, open_source
 
+    kind = _check_runtime(args)
+    if kind is not None:
+        return _eval_exported(args, _exported(args, kind))
     net, model, names = _load_trained(args)
     source = open_source(args.data)
     if names is not None and tuple(source.class_names) != names:
@@ -133,13 +195,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = source.corrupt_count()
     if bad:
         sys.stderr.write(f"warning: skipped {bad} corrupt or unreadable image(s)\n")
-    out = {"network": net.name, "data": source.name, "split": args.split, "images": int(m["count"]),
-           "top1": m["acc"], "top5": m["top5"], "loss": m["loss"]}
+    return _report_eval(args, net.name, {"network": net.name, "data": source.name, "split": args.split,
+                                         "images": int(m["count"]), "top1": m["acc"], "top5": m["top5"],
+                                         "loss": m["loss"]})
+
+
+def _report_eval(args: argparse.Namespace, label: str, out: dict[str, Any]) -> int:
     if args.json:
         print_json(out)
     else:
-        sys.stdout.write(f"{net.name} on {source.name} ({args.split}, {out['images']} images): "
-                         f"top-1 {m['acc']:.4f}, top-5 {m['top5']:.4f}, loss {m['loss']:.4f}\n")
+        sys.stdout.write(f"{label} on {out['data']} ({args.split}, {out['images']} images): "
+                         f"top-1 {out['top1']:.4f}, top-5 {out['top5']:.4f}, loss {out['loss']:.4f}\n")
     return 0
 
 
@@ -148,32 +214,99 @@ def _list(names: tuple[str, ...]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+
+    from ..train import predict_images
+
+    kind = _check_runtime(args)
+    if kind is not None:
+        return _predict_exported(args, _exported(args, kind))
+    net, model, names = _load_trained(args)
+    h, w, c = net.input
+    images = _read_images(args.images, (h, w), c)
+    probs = predict_images(model, images, c)
+    labels = names or tuple(f"class{i}" for i in range(net.classes))
+    return _print_predictions(args, net.name, labels, probs)
+
+
+def _read_images(paths: list[str], size: tuple[int, int], c: int) -> Any:
     import numpy as np
     from PIL import Image
 
-    from ..train import predict_images
     from ..train.data import decode_image
 
-    net, model, names = _load_trained(args)
-    h, w, c = net.input
     images = []
-    for path in args.images:
+    for path in paths:
         if not Path(path).is_file():
             raise MnasError(f"{path}: no such image file")
         try:
-            images.append(decode_image(path, (h, w), c))
+            images.append(decode_image(path, size, c))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise MnasError(f"{path}: cannot read image: {e}") from None
-    probs = predict_images(model, np.stack(images), c)
-    labels = names or tuple(f"class{i}" for i in range(net.classes))
-    k = min(args.top, net.classes)
+    return np.stack(images)
+
+
+def _predict_exported(args: argparse.Namespace, ex: Any) -> int:
+    import numpy as np
+
+    images = _read_images(args.images, ex.size, ex.channels)
+    logits = ex.logits(images)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    labels = ex.classes or tuple(f"class{i}" for i in range(probs.shape[1]))
+    if len(labels) != probs.shape[1]:
+        raise MnasError(f"{ex.path}: its card names {len(labels)} classes, the model outputs {probs.shape[1]}")
+    return _print_predictions(args, ex.name, labels, probs)
+
+
+def _eval_exported(args: argparse.Namespace, ex: Any) -> int:
+    import numpy as np
+
+    from ..train import open_source
+    from ..train.data import Loader
+
+    source = open_source(args.data)
+    if ex.classes is not None and tuple(source.class_names) != tuple(ex.classes):
+        raise MnasError(f"{source.name}: its classes ({_list(source.class_names)}) are not the model's "
+                        f"({_list(tuple(ex.classes))})")
+    split = source.val if args.split == "val" else source.train
+    top1 = top5 = n = 0
+    loss = 0.0
+    for b in Loader(split, batch=args.batch, size=ex.size, channels=ex.channels, train=False):
+        keep = b.mask > 0
+        if not keep.any():
+            continue
+        logits = ex.logits(b.images[keep]).astype(np.float64)
+        if logits.shape[1] != source.num_classes:
+            raise MnasError(f"{source.name} has {source.num_classes} classes, the model {logits.shape[1]}")
+        labels = b.labels[keep]
+        z = logits - logits.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss += float(-logp[np.arange(len(labels)), labels].sum())
+        order = np.argsort(-logits, axis=1, kind="stable")
+        top1 += int((order[:, 0] == labels).sum())
+        top5 += int((order[:, :5] == labels[:, None]).any(axis=1).sum())
+        n += len(labels)
+    if n == 0:
+        raise MnasError(f"{source.name}: no readable images in the {args.split} split")
+    bad = source.corrupt_count()
+    if bad:
+        sys.stderr.write(f"warning: skipped {bad} corrupt or unreadable image(s)\n")
+    return _report_eval(args, f"{ex.name} ({ex.path})", {
+        "network": ex.name, "model": str(ex.path), "data": source.name, "split": args.split, "images": n,
+        "top1": top1 / n, "top5": top5 / n, "loss": loss / n})
+
+
+def _print_predictions(args: argparse.Namespace, name: str, labels: Any, probs: Any) -> int:
+    import numpy as np
+
+    k = min(args.top, len(labels))
     preds = []
     for path, p in zip(args.images, probs, strict=True):
         top = np.argsort(-p, kind="stable")[:k]
         preds.append({"image": path, "top": [{"class": labels[i], "index": int(i), "prob": float(p[i])}
                                              for i in top]})
     if args.json:
-        print_json({"network": net.name, "predictions": preds})
+        print_json({"network": name, "predictions": preds})
     else:
         for pr in preds:
             sys.stdout.write(f"{pr['image']}:\n")

@@ -141,21 +141,28 @@ def _clock(name: str) -> Callable[[], float]:
 
 def time_fn(f: Callable[..., Any], *args: Any, repeats: int = 10, warmup: int = 2,
             clock: str = "wall") -> tuple[float, float, int]:
-    """(median ms, std ms, count) of ``repeats`` timed calls after ``warmup`` untimed ones."""
+    """(median ms, std ms, count) of ``repeats`` timed calls after ``warmup`` untimed ones.
+    With ``args`` ``f`` is a jitted function (waited on); without, a synchronous call (LiteRT)."""
     now = _clock(clock)
+    call = (lambda: f(*args).block_until_ready()) if args else f
     for _ in range(warmup):
-        f(*args).block_until_ready()
+        call()
     ts = np.empty(repeats)
     for i in range(repeats):
         t0 = now()
-        f(*args).block_until_ready()
+        call()
         ts[i] = (now() - t0) * 1e3
     return float(np.median(ts)), float(ts.std()), repeats
 
 
-def call_overhead_ms(clock: str = "wall", repeats: int = 200) -> float:
+def call_overhead_ms(clock: str = "wall", repeats: int = 200, runtime: str = "xla", threads: int = 1) -> float:
     """The fixed cost of dispatching one jitted call (a trivial one), subtracted from every
     measurement: otherwise a sum of N isolated ops counts it N times, a network once."""
+    if runtime == "litert":
+        from . import litert
+
+        call = litert.trivial_invoker(threads)
+        return min(time_fn(call, repeats=repeats, warmup=5, clock=clock)[0] for _ in range(3))
     import jax
     import jax.numpy as jnp
 
@@ -164,17 +171,32 @@ def call_overhead_ms(clock: str = "wall", repeats: int = 200) -> float:
     return min(time_fn(f, x, repeats=repeats, warmup=5, clock=clock)[0] for _ in range(3))
 
 
-Prepared = tuple[Callable[..., Any], Any, Any]  # compiled f, state, x
+# XLA: (compiled f, state, x); LiteRT: a zero-argument call running one inference.
+Prepared = tuple[Callable[..., Any], Any, Any] | Callable[[], Any]
+RUNTIMES = ("xla", "litert")
 
 
-def prepare_layer(layer: Layer, lowered: LoweredNetwork | None = None, *, batch: int = 1) -> Prepared:
+def prepare_layer(layer: Layer, lowered: LoweredNetwork | None = None, *, batch: int = 1, runtime: str = "xla",
+                  threads: int = 1) -> Prepared:
+    if runtime == "litert":
+        from . import litert
+
+        return litert.prepare_layer(layer, lowered, batch=batch, threads=threads)
     f, state, x = _layer_fn(layer, lowered, batch)
     return f.lower(state, x).compile(), state, x  # type: ignore[attr-defined]
 
 
-def prepare_network(lowered: LoweredNetwork, *, batch: int = 1) -> Prepared:
+def prepare_network(lowered: LoweredNetwork, *, batch: int = 1, runtime: str = "xla", threads: int = 1) -> Prepared:
+    if runtime == "litert":
+        from . import litert
+
+        return litert.prepare_network(lowered, batch=batch, threads=threads)
     f, state, x = _network_fn(lowered, batch)
     return f.lower(state, x).compile(), state, x  # type: ignore[attr-defined]
+
+
+def _time(p: Prepared, **kw: Any) -> tuple[float, float, int]:
+    return time_fn(*p, **kw) if isinstance(p, tuple) else time_fn(p, **kw)
 
 
 # A fixed mid-sized op (MBConv e3 k5 at 28x28x40, identity skip) timed beside every measurement.
@@ -192,18 +214,16 @@ class Reference:
     records ``baseline_ms``; `lut check --measure` normalizes networks to the same baseline."""
 
     def __init__(self, *, clock: str = "wall", repeats: int = 10, overhead_ms: float = 0.0,
-                 baseline_ms: float | None = None) -> None:
+                 baseline_ms: float | None = None, runtime: str = "xla", threads: int = 1) -> None:
         self.clock, self.repeats, self.overhead_ms = clock, repeats, overhead_ms
-        self.prepared = prepare_layer(REFERENCE_LAYER)
-        f, state, x = self.prepared
-        time_fn(f, state, x, repeats=2, warmup=3, clock=clock)
+        self.prepared = prepare_layer(REFERENCE_LAYER, runtime=runtime, threads=threads)
+        _time(self.prepared, repeats=2, warmup=3, clock=clock)
         self.baseline_ms = baseline_ms if baseline_ms is not None else min(self.now_ms() for _ in range(3))
 
     def now_ms(self) -> float:
         """The reference's time now. Two untimed calls first: right after another program (a whole
         network above all) its first call runs ~45% slower, its second ~15% (cold caches)."""
-        f, state, x = self.prepared
-        med, _, _ = time_fn(f, state, x, repeats=self.repeats, warmup=2, clock=self.clock)
+        med, _, _ = _time(self.prepared, repeats=self.repeats, warmup=2, clock=self.clock)
         return max(med - self.overhead_ms, 1e-4)
 
 
@@ -224,8 +244,8 @@ def time_rounds(prepared: Sequence[Prepared], *, repeats: int = 10, rounds: int 
     out: list[Entry] = []
     ref_before = reference.now_ms() if reference is not None else 1.0
     for r in range(rounds):
-        for i, (f, state, x) in enumerate(prepared):
-            med, _, _ = time_fn(f, state, x, repeats=repeats, warmup=warmup if r == 0 else 1, clock=clock)
+        for i, p in enumerate(prepared):
+            med, _, _ = _time(p, repeats=repeats, warmup=warmup if r == 0 else 1, clock=clock)
             med = max(med - overhead_ms, 1e-4)
             if reference is not None:  # the reading between two items serves both
                 ref_after = reference.now_ms()
@@ -249,8 +269,9 @@ def time_layer(layer: Layer, lowered: LoweredNetwork | None = None, *, batch: in
 
 
 def time_network(lowered: LoweredNetwork, *, batch: int = 1, repeats: int = 10, warmup: int = 2,
-                 rounds: int = 1) -> Entry:
-    return time_rounds([prepare_network(lowered, batch=batch)], repeats=repeats, rounds=rounds, warmup=warmup)[0]
+                 rounds: int = 1, runtime: str = "xla", threads: int = 1) -> Entry:
+    return time_rounds([prepare_network(lowered, batch=batch, runtime=runtime, threads=threads)], repeats=repeats,
+                       rounds=rounds, warmup=warmup)[0]
 
 
 # -- which signatures to measure --------------------------------------------------------------
@@ -310,17 +331,25 @@ def space_signatures(space: Space, max_ops: int | None = None, *, base: Sequence
 
 
 def new_table(device: str | None = None, batch: int = 1, *, repeats: int = 10, rounds: int = 3, clock: str = "wall",
-              overhead_ms: float = 0.0, reference: Reference | None = None) -> Lut:
-    info = device_info()
-    prov = {"source": "mnasdsl profile", **info,
+              overhead_ms: float = 0.0, reference: Reference | None = None, runtime: str = "xla",
+              threads: int = 1) -> Lut:
+    if runtime == "litert":
+        from . import litert
+
+        info: dict[str, Any] = litert.device_info(threads)
+        backend = "mnasdsl.backends.tflite: one converted .tflite per op, LiteRT interpreter"
+        name = litert.runtime_name(threads)
+    else:
+        info = device_info()
+        backend = "mnasdsl.backends.flax, jax.jit, eval mode"
+        name = f"XLA/{info['platform']} via jax {info['jax']}"
+    prov = {"source": "mnasdsl profile", "runtime_kind": runtime, **info,
             "statistic": "minimum over rounds of the median of repeats (stored as mean)",
             "clock": clock if clock == "wall" else "cpu (process CPU time, XLA single-threaded)",
             "call_overhead_ms_subtracted": round(overhead_ms, 5),
-            "repeats": repeats, "rounds": rounds, "backend": "mnasdsl.backends.flax, jax.jit, eval mode",
-            "weights": "device-resident"}
+            "repeats": repeats, "rounds": rounds, "backend": backend, "weights": "device-resident"}
     if reference is not None:
         prov.update({"statistic": "median over rounds of (median of repeats / geometric mean of the reference just "
                                   "before and just after) x reference_ms",
                      "reference_op": op_key(REFERENCE_LAYER), "reference_ms": reference.baseline_ms})
-    return Lut(device or f"{info['platform']}:{info['host']}", f"XLA/{info['platform']} via jax {info['jax']}",
-               batch, "ms", prov, {}, None)
+    return Lut(device or f"{info['platform']}:{info['host']}", name, batch, "ms", prov, {}, None)

@@ -48,6 +48,7 @@ class EvalConfig:
     batch: int = 64
     seed: int = 0
     measure: bool = False
+    measure_runtime: str = "xla"  # xla | litert
     threads: int | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -197,7 +198,7 @@ def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, net
     if cfg.measure:
         from ..latency.profile import time_network
 
-        out["latency_ms"] = float(time_network(low, batch=1, repeats=10).mean)
+        out["latency_ms"] = float(time_network(low, batch=1, repeats=10, runtime=cfg.measure_runtime).mean)
     out["eval_s"] = time.perf_counter() - t0
     return out
 

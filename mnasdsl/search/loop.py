@@ -2,15 +2,18 @@
 
 Reward is the paper's Eq. 2, ACC(m) x (LAT(m)/T)^w with w = alpha if LAT <= T else beta.
 Rounds are the unit of controller work: a round's proposals and the controller state that made
-them are committed together, each finished trial is committed as it completes, and the round's
-observation commits the controller state again. A killed search resumes from the last commit:
-finished trials are never re-run, unfinished ones are run, and the controller continues from
-exactly the state it would have had.
+them are committed together, each finished trial is committed as soon as its evaluation returns
+(before the controller sees it), and the observed controller state rides on the next round's
+commit. A killed search resumes from the last commit: finished trials are never re-run, unfinished
+ones are run, and the controller continues from exactly the state it would have had (an observation
+lost with the kill is recomputed from the committed results and the proposing state).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -87,6 +90,31 @@ def arch_key(signature: tuple[object, ...]) -> str:
     return hashlib.blake2b(repr(signature).encode(), digest_size=12).hexdigest()
 
 
+KILL_ENV = "MNASDSL_TEST_KILL_AT"
+KILL_POINTS = ("after-evaluate", "after-commit", "in-observe", "in-propose", "between-rounds")
+
+
+class _KillSwitch:
+    """Test-only fault injection: ``MNASDSL_TEST_KILL_AT=POINT[:N]`` SIGKILLs this process the N-th
+    time (default 1) the loop reaches POINT, so tests can prove a kill -9 at any commit boundary
+    loses and repeats no finished trial. Unset (always, outside tests) it costs a string compare."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.point, self.n, self.seen = None, 1, 0
+        if not spec:
+            return
+        point, _, n = spec.partition(":")
+        if point not in KILL_POINTS or (n and not n.isdigit()):
+            raise MnasError(f"{KILL_ENV}={spec!r}: expected POINT[:N] with POINT one of {', '.join(KILL_POINTS)}")
+        self.point, self.n = point, int(n or 1)
+
+    def __call__(self, point: str) -> None:
+        if point == self.point:
+            self.seen += 1
+            if self.seen == self.n:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _Latency:
     def __init__(self, cfg: SearchConfig) -> None:
         self.measure = cfg.latency == "measure"
@@ -108,6 +136,8 @@ def run_search(space: Space, db: str | Path, cfg: SearchConfig, *, resume: bool 
         raise MnasError(f"--trials must be >= 1, got {cfg.trials}")
     if not cfg.target_ms > 0:
         raise MnasError(f"--target-ms must be > 0, got {cfg.target_ms}")
+    if cfg.seed < 0:
+        raise MnasError(f"--seed must be >= 0, got {cfg.seed}")
     check_config(cfg.evaluator)
     dbp = Path(db)
     existed = dbp.exists() and dbp.stat().st_size > 0
@@ -124,18 +154,28 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
          progress: Progress | None) -> Summary:
     space_text = format_ir(space.spec)
     ident = cfg.identity()
-    if existed and store.total() > 0 and not resume:
-        raise MnasError(f"{store.path} already holds {store.total()} trials; pass --resume to continue that "
-                        "search, or choose another --db")
+    kill = _KillSwitch(os.environ.get(KILL_ENV))
+    finished = store.completed()
+    if existed and finished == 0:
+        # Nothing worth keeping (e.g. a start that failed on its first trial): start afresh, whatever
+        # the settings, rather than lock the database behind --resume.
+        store.reset()
+        resume = False
+    elif existed and not resume:
+        raise MnasError(f"{store.path} already holds {finished} finished trials; pass --resume to continue that "
+                        f"search with the settings it was started with, or choose another --db (or delete "
+                        f"{store.path}) to start a new one")
     if resume:
+        fresh = f"or choose another --db (or delete {store.path}) to start a new search"
         if store.get_meta("space") is None:
-            raise MnasError(f"{store.path}: not a search database started by mnasdsl (no metadata)")
+            raise MnasError(f"{store.path}: not a search database started by mnasdsl (no metadata); {fresh}")
         if store.get_meta("space") != space_text:
-            raise MnasError(f"{store.path} was searched over a different space; cannot resume with this one")
-        old = store.get_meta("config")
-        diff = sorted(k for k in ident if old.get(k) != ident[k])
+            raise MnasError(f"{store.path} was searched over a different space; resume it with the space it was "
+                            f"started with (`mnasdsl report {store.path}` shows its networks), {fresh}")
+        diff = _config_diff(store.get_meta("config") or {}, ident)
         if diff:
-            raise MnasError(f"{store.path} was started with different settings ({', '.join(diff)}); cannot resume")
+            raise MnasError(f"{store.path} was started with different settings ({'; '.join(diff)}); cannot resume "
+                            f"with these: pass the settings it was started with to continue it, {fresh}")
     store.set_meta({"schema_version": SCHEMA_VERSION, "space": space_text, "space_name": space.name,
                     "config": ident, "trials_requested": cfg.trials,
                     "proxy_label": cfg.evaluator.label})
@@ -154,7 +194,8 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
             rnd, phase, blob = saved
             controller.load_state(blob)
             if phase == "proposed":
-                deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, {}, st)
+                deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, {}, st, kill)
+                kill("between-rounds")
         while st.total < cfg.trials or st.completed < st.total:
             rnd += 1
             n = min(cfg.rounds(), cfg.trials - st.total)
@@ -165,9 +206,11 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
                 net, low, sig = space.built(v)
                 built[slot] = (net, low)
                 rows.append((v, format_ir(net), arch_key(sig)))
-            fresh = store.add_round(rnd, rows, controller.state(), prelude=deferred)
+            kill("in-propose")
+            trials = store.add_round(rnd, rows, controller.state(), prelude=deferred)
             st.total += len(rows)
-            deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, built, st, fresh)
+            deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, built, st, kill, trials)
+            kill("between-rounds")
         store.run_ops(deferred)
     finally:
         executor.close()
@@ -192,6 +235,26 @@ class _State:
             self.progress(self.completed, self.total, self.best["reward"] if self.best else None)
 
 
+def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings that differ, each with both values (one level into nested ones such as the evaluator)."""
+    out = []
+    for k in sorted(new):
+        a, b = old.get(k), new[k]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(f"{k}.{sub}: {_short(a.get(sub))} there, {_short(b.get(sub))} now"
+                       for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub))
+        else:
+            out.append(f"{k}: {_short(a)} there, {_short(b)} now")
+    return out
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
 def _best(store: Store) -> dict[str, Any] | None:
     row = store.db.execute("SELECT id, spec, acc, latency_ms, reward FROM trials WHERE status='done' "
                            "ORDER BY reward DESC, id LIMIT 1").fetchone()
@@ -201,27 +264,28 @@ def _best(store: Store) -> dict[str, Any] | None:
 
 
 def _finish_round(store: Store, space: Space, controller: Controller, executor: Any, latency: _Latency,
-                  cfg: SearchConfig, rnd: int, built: dict[int, tuple[Any, Any]], st: _State,
+                  cfg: SearchConfig, rnd: int, built: dict[int, tuple[Any, Any]], st: _State, kill: _KillSwitch,
                   trials: list[Any] | None = None) -> list[Any]:
-    """Evaluate a round's pending trials and observe it. Each evaluated trial is committed as it
-    finishes, except the last, which is returned (with the copies and the observed controller
-    state) for the commit that also proposes the next round."""
+    """Evaluate a round's pending trials and observe it. Every result is committed as soon as it is
+    known, before anything else runs (an evaluation can be a whole training run); only the observed
+    controller state is returned, for the commit that also proposes the next round: losing it to a
+    kill costs a re-observation of committed results, never an evaluation."""
     if trials is None:
         trials = store.round_trials(rnd)
     by_id = {t.id: t for t in trials}
     result: dict[int, tuple[str, float | None]] = {t.id: (t.status, t.reward) for t in trials}
-    deferred: list[Any] = []
     jobs = []
     first_of: dict[str, int] = {}
     lows: dict[int, Any] = {}
 
-    def done(tid: int, reward_: float | None, defer: list[Any] | None, **kw: Any) -> None:
-        store.finish(tid, defer=defer, **kw)
+    def done(tid: int, reward_: float | None, **kw: Any) -> None:
+        store.finish(tid, **kw)
         result[tid] = (kw["status"], reward_)
         if reward_ is not None and (st.best is None or reward_ > st.best["reward"]):
             st.best = {"id": tid, "spec": by_id[tid].spec, "acc": kw["acc"], "latency_ms": kw["latency_ms"],
                        "reward": reward_}
         st.tick()
+        kill("after-commit")
 
     for t in trials:
         if t.status != "pending":
@@ -233,7 +297,7 @@ def _finish_round(store: Store, space: Space, controller: Controller, executor: 
         lows[t.id] = low
         hit = st.by_key.get(t.arch_key)
         if hit is not None:  # identical specs are evaluated once
-            done(t.id, hit.reward, deferred, status="done", acc=hit.acc, latency_ms=hit.latency_ms,
+            done(t.id, hit.reward, status="done", acc=hit.acc, latency_ms=hit.latency_ms,
                  params=hit.params, macs=hit.macs, reward=hit.reward, cached_from=hit.id, worker=hit.worker,
                  eval_s=0.0)
             continue
@@ -242,25 +306,25 @@ def _finish_round(store: Store, space: Space, controller: Controller, executor: 
         first_of[t.arch_key] = t.id
         jobs.append((t.id, t.spec, t.decisions, net, low))
     outcome: dict[int, dict[str, Any]] = {}
-    for k, (tid, status, payload) in enumerate(executor.run(jobs), start=1):
-        defer = deferred if k == len(jobs) else None
+    for tid, status, payload in executor.run(jobs):
+        kill("after-evaluate")
         if status == "ok":
             lat = payload.get("latency_ms")
             if lat is None:
                 lat = latency(lows[tid])
             if lat is None or not lat > 0:
                 outcome[tid] = dict(status="failed", error="no latency measurement", worker=payload.get("worker"))
-                done(tid, None, defer, **outcome[tid])
+                done(tid, None, **outcome[tid])
             else:
                 r = reward(payload["acc"], lat, cfg.target_ms, cfg.alpha, cfg.beta)
                 outcome[tid] = dict(status="done", acc=payload["acc"], latency_ms=lat, params=payload["params"],
                                     macs=payload["macs"], reward=r, worker=payload.get("worker"),
                                     eval_s=payload.get("eval_s"))
-                done(tid, r, defer, **outcome[tid])
+                done(tid, r, **outcome[tid])
                 st.by_key.setdefault(by_id[tid].arch_key, _as_trial(by_id[tid], outcome[tid], tid))
         else:
             outcome[tid] = dict(status="failed", error=str(payload)[:4000])
-            done(tid, None, defer, **outcome[tid])
+            done(tid, None, **outcome[tid])
     # Duplicates inside the round copy the first evaluation.
     for t in trials:
         if result[t.id][0] == "pending":
@@ -271,12 +335,14 @@ def _finish_round(store: Store, space: Space, controller: Controller, executor: 
                 o = dict(status=hit.status, acc=hit.acc, latency_ms=hit.latency_ms, params=hit.params,
                          macs=hit.macs, reward=hit.reward, error=hit.error, worker=hit.worker)
             if o is not None and o["status"] == "done":
-                done(t.id, o["reward"], deferred, **{**o, "cached_from": src, "eval_s": 0.0})
+                done(t.id, o["reward"], **{**o, "cached_from": src, "eval_s": 0.0})
             else:
                 err = (o or {}).get("error") or "evaluation failed"
-                done(t.id, None, deferred, status="failed", error=err, cached_from=src)
+                done(t.id, None, status="failed", error=err, cached_from=src)
     controller.observe([t.decisions for t in trials],
                        [result[t.id][1] if result[t.id][0] == "done" else None for t in trials])
+    kill("in-observe")
+    deferred: list[Any] = []
     store.observed(rnd, controller.state(), defer=deferred)
     return deferred
 

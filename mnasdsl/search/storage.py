@@ -2,8 +2,9 @@
 
 Every completed trial is committed on its own, so a kill -9 loses at most the trials still in
 flight. Controller state is saved in the same transaction that proposes a round (phase
-``proposed``) and again with the round's results (phase ``observed``), so a resumed search
-replays exactly what an uninterrupted one would have done.
+``proposed``) and again, once it has observed the round's results (phase ``observed``), in the
+transaction that proposes the next one, so a resumed search replays exactly what an
+uninterrupted one would have done.
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ class Store:
         with self.tx():
             for k, v in items.items():
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    def reset(self) -> None:
+        """Forget the search (trials, controller states, metadata) in one transaction, keeping the file."""
+        with self.tx():
+            for table in ("trials", "controller", "meta"):
+                self.db.execute(f"DELETE FROM {table}")
 
     # -- transactions --------------------------------------------------------------------------
     def tx(self) -> _Tx:

@@ -292,7 +292,9 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
     result.json. ``recalibrate_bn`` (default: on for runs under 5 epochs or 20/(1-bn_momentum) steps)
     re-estimates BN statistics on a few training batches before each evaluation. ``init`` starts from
     the weights of an import, params or training directory (a new class count re-initializes only the
-    classifier). User errors raise MnasError.
+    classifier). ``resume`` with another ``epochs`` lengthens (or shortens) the run: the recipe's LR
+    schedule is rebuilt for the new length, and ``log`` says how; resuming on other data is refused.
+    User errors raise MnasError.
     """
     t_start = time.perf_counter()
     if epochs < 1:
@@ -321,7 +323,8 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
 
     spec = format_ir(network)
     run_meta = {"spec": spec, "network": network.name, "classes": list(source.class_names), "recipe": recipe,
-                "batch": tb, "seed": seed, "lr": lr, "data": source.name, "input": list(network.input),
+                "batch": tb, "seed": seed, "lr": lr, "data": _data_id(source.name),
+                "data_size": [n_train, len(source.val)], "epochs": epochs, "input": list(network.input),
                 "signature": repr(lower(network).signature())}
     start_epoch, history = 0, []
     if out_dir is not None:
@@ -337,6 +340,7 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
         if not existing:
             raise MnasError(f"{out_dir}: nothing to resume (no completed epoch checkpoint)")
         meta = ck.read_meta(existing[-1][1])
+        _check_same_data(meta, run_meta, out_dir)
         for key in ("signature", "classes", "recipe", "batch", "seed", "lr", "input"):
             if meta.get(key) != run_meta[key]:
                 what = "network" if key == "signature" else key
@@ -360,6 +364,8 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
             log(f"{out_dir}: already trained for {start_epoch} epochs")
         else:
             log(f"resuming from epoch {start_epoch} ({edir})")
+            if meta.get("epochs") is not None and meta["epochs"] != epochs:
+                log(_schedule_note(trainer, int(meta["epochs"]), epochs, start_epoch, steps, lr))
 
     writer = None
     if out_dir is not None:
@@ -442,6 +448,51 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
     if out_dir is not None:
         ck.atomic_write_text(out_dir / "result.json", json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _data_id(name: str) -> str:
+    """A data source as recorded in checkpoints: an ImageFolder by its absolute path (so a resume from
+    another working directory matches), the built-in sources by name."""
+    if name in ("digits", "synthetic") or not Path(name).is_dir():
+        return name
+    return str(Path(name).resolve())
+
+
+def _check_same_data(meta: dict[str, Any], run_meta: dict[str, Any], out: Path) -> None:
+    """Refuse to resume on another data source: the epochs' data order, the steps per epoch and the
+    classes' meaning all come from it. (Checkpoints written before the size was recorded skip that part.)"""
+    old, new = meta.get("data"), run_meta["data"]
+    if old is None:
+        return
+    old_size, new_size = meta.get("data_size"), run_meta["data_size"]
+    if _data_id(old) == new and (old_size is None or old_size == new_size):
+        return
+
+    def show(name: str, size: Any) -> str:
+        return f"{name} ({size[0]} train / {size[1]} val images)" if size else name
+
+    raise MnasError(f"{out}: cannot resume: this run was trained on {show(old, old_size)}, not "
+                    f"{show(new, new_size)}; resume it with --data {old}, or train on the new data in another "
+                    f"output directory, starting from these weights with --init {out}")
+
+
+def _schedule_note(trainer: Trainer, old_epochs: int, epochs: int, done: int, steps: int, lr: float | None) -> str:
+    """What a resume with another --epochs does to the learning rate: both recipes build their
+    schedule from the run's length, so it is rebuilt, and the user is told how."""
+    r = trainer.recipe
+    before = make_recipe(r.name, batch=trainer.batch, steps_per_epoch=steps, epochs=old_epochs, wd_mask=None, lr=lr)
+    step = int(trainer.state["step"])
+    warm = f"{r.warmup_steps} warm-up steps" + (f" (was {before.warmup_steps})"
+                                               if r.warmup_steps != before.warmup_steps else "")
+    if r.name == "adam":
+        how = f"cosine decay now spans {epochs} epochs, after {warm}"
+    else:
+        how = f"{warm}, then the same x0.97 every 2.4 epochs decay, which does not depend on the run's length"
+    kept = f"the {done} completed epoch keeps its rates" if done == 1 else \
+        f"the {done} completed epochs keep their rates"
+    return (f"--epochs {epochs} differs from the {old_epochs} this run was started with: the {r.name} learning-rate "
+            f"schedule is rebuilt for {epochs} epochs: {how}; {kept}, and epoch {done + 1} starts at lr "
+            f"{float(r.schedule(step)):.3g} ({float(before.schedule(step)):.3g} on the {old_epochs}-epoch schedule)")
 
 
 def _short(v: Any) -> str:
