@@ -438,7 +438,7 @@ def test_compile_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("argv,code,msg", [
     (["--backend", "torch"], 2, "unknown backend"),
-    (["--emit", "onnx"], 2, "unknown --emit"),
+    (["--emit", "tensorrt"], 2, "unknown --emit"),
     (["--platform", "cpu,quantum"], 2, "unknown platform"),
     (["--platform", ","], 2, "--platform"),
     (["--dtype", "int8"], 2, "unknown --dtype"),

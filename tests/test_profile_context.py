@@ -45,6 +45,26 @@ def test_reference_brackets_each_item(monkeypatch: pytest.MonkeyPatch) -> None:
     assert got[1].mean == pytest.approx(5.0 / np.sqrt(2 * 4))
 
 
+def test_each_item_uses_its_own_kind_of_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ops are normalized by the reference op and networks by the reference network, each bracketed
+    by its own readings (a network under cache pressure slows unlike a small op)."""
+    monkeypatch.setattr(prof, "time_fn", lambda f, *a, **k: (f.ms, 0.0, 1))
+
+    class Item:
+        def __init__(self, ms: float) -> None:
+            self.ms = ms
+
+    op_ref, net_ref = _FakeReference(), _FakeReference()
+    net_ref.baseline_ms, net_ref.readings = 10.0, iter([20.0, 20.0, 40.0, 40.0])
+    items = [(Item(3.0), None, None), (Item(30.0), None, None), (Item(5.0), None, None), (Item(60.0), None, None)]
+    got = prof.time_rounds(items, rounds=1, reference=[op_ref, net_ref, op_ref, None])  # type: ignore[list-item]
+    # op readings 1 | op0 | 2 | op2 | 4;  network readings 20 | net1 | 20;  the last item is raw
+    assert got[0].mean == pytest.approx(3.0 / np.sqrt(1 * 2))
+    assert got[1].mean == pytest.approx(30.0 * 10.0 / 20.0)
+    assert got[2].mean == pytest.approx(5.0 / np.sqrt(2 * 4))
+    assert got[3].mean == pytest.approx(60.0)
+
+
 def test_profile_calibrates_on_held_out_networks(capsys: Any, tmp_path: Path) -> None:
     pytest.importorskip("flax")
     space = tmp_path / "tiny.mnas"

@@ -131,7 +131,7 @@ def test_int8_full_integer() -> None:
     data = tl.convert(fold(model), 1)
     rng = np.random.default_rng(0)
     cal = [rng.normal(size=(1, 32, 32, 3)).astype(np.float32) for _ in range(16)]
-    q = tl.quantize_int8(data, cal)
+    q = tl.quantize_int8(data, cal, io_type="int8")
     dtypes = tl.weight_dtypes(q)
     assert dtypes.get("int8", 0) > 0 and dtypes.get("float32", 0) == 0
     m = tl.load(q)
@@ -139,7 +139,15 @@ def test_int8_full_integer() -> None:
     ref = tl.load(data)
     agree = sum(int(np.argmax(m.run(c)) == np.argmax(ref.run(c))) for c in cal)
     assert agree >= 12
-    assert len(q) < 0.45 * len(data)
+    assert len(q) < 0.35 * len(data)
+    # float I/O: the same integer graph between QUANTIZE and DEQUANTIZE, the same numbers
+    qf = tl.quantize_int8(data, cal)
+    mf = tl.load(qf)
+    assert np.dtype(mf.input_dtype) == np.float32
+    census = tl.op_census(qf)
+    assert census["QUANTIZE"] == 1 and census["DEQUANTIZE"] == 1
+    for c in cal[:4]:
+        assert np.array_equal(mf.run(c), m.run(c))
 
 
 # --- the CLI path ---------------------------------------------------------------------------------
@@ -183,7 +191,8 @@ def test_cli_emit_tflite_json_and_card(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_cli_usage_errors(tmp_path: Path, capsys: Any) -> None:
-    for extra in (["--quantize", "int8"], ["--quantize", "int4"], ["--calibration", "digits"]):
+    for extra in (["--quantize", "int8"], ["--quantize", "int4"], ["--calibration", "digits"], ["--io", "int8"],
+                  ["--quantize", "int8", "--calibration", "digits", "--io", "int16"]):
         rc, _ = _compile(tmp_path, *extra)
         assert rc == 2
         assert "Traceback" not in capsys.readouterr().err

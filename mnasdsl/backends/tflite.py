@@ -24,6 +24,7 @@ import numpy as np
 
 from ..diagnostics import MnasError
 from .folded import FoldedConv, FoldedLayer, FoldedNetwork, FoldedSE
+from .tflite_flatbuffer import float_io, strip_redundant
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
@@ -277,20 +278,36 @@ INT8_RECIPE = [{
                                            "dtype": "INT"},
                   "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
                   "min_weight_elements": 0},
+}, {
+    # The SE layers' small dense weights per tensor: per-channel parameters (a float scale and an
+    # int64 zero point per output) would cost more bytes there than the int8 weights themselves.
+    "regex": ".*", "operation": "FULLY_CONNECTED", "algorithm_key": "min_max_uniform_quantize",
+    "op_config": {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
+                                               "dtype": "INT"},
+                  "weight_tensor_config": {"num_bits": 8, "symmetric": True, "granularity": "TENSORWISE",
+                                           "dtype": "INT"},
+                  "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
+                  "min_weight_elements": 0},
 }]
 
 
-def quantize_fp16(data: bytes) -> bytes:
+def quantize_fp16(data: bytes, *, strip: bool = True) -> bytes:
     """Weights stored as float16 (dequantized once at load); activations stay float32."""
     q = _quantizer()
     with _quiet_fd2(), contextlib.redirect_stdout(io.StringIO()):
         qt = q(bytearray(data), FP16_RECIPE)
-        return bytes(qt.quantize(enable_progress_report=False).quantized_model)
+        out = bytes(qt.quantize(enable_progress_report=False).quantized_model)
+    return strip_redundant(out) if strip else out
 
 
-def quantize_int8(data: bytes, calibration: Iterable[np.ndarray]) -> bytes:
+def quantize_int8(data: bytes, calibration: Iterable[np.ndarray], *, strip: bool = True,
+                  io_type: str = "float") -> bytes:
     """Full-integer static quantization: int8 weights (per channel) and int8 activations (per
-    tensor, ranges from ``calibration`` batches of float32 NHWC images already normalized); float I/O."""
+    tensor, ranges from ``calibration`` batches of float32 NHWC images already normalized).
+    ``io_type`` ``float`` wraps the integer graph in QUANTIZE/DEQUANTIZE (what apps feed); ``int8`` leaves
+    int8 input and output (what NNAPI, the Edge TPU and microcontrollers take)."""
+    if io_type not in ("float", "int8"):
+        raise MnasError(f"unknown int8 I/O {io_type!r} (expected float or int8)")
     q = _quantizer()
     samples = [{INPUT_NAME: np.asarray(x, np.float32)} for x in calibration]
     if not samples:
@@ -298,7 +315,10 @@ def quantize_int8(data: bytes, calibration: Iterable[np.ndarray]) -> bytes:
     with _quiet_fd2(), contextlib.redirect_stdout(io.StringIO()):
         qt = q(bytearray(data), INT8_RECIPE)
         result = qt.calibrate({SIGNATURE: samples}, num_threads=1)
-        return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
+        out = bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
+    if io_type == "float":
+        out = float_io(out)
+    return strip_redundant(out) if strip else out
 
 
 # --- the interpreter -------------------------------------------------------------------------------
@@ -364,7 +384,10 @@ def _quantize_io(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if scale <= 0:
         raise MnasError(f"integer model input without quantization parameters ({dt.name})")
     info = np.iinfo(dt)
-    return np.ascontiguousarray(np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dt))
+    # x * (1/scale), rounded half to even: the arithmetic of LiteRT's own QUANTIZE kernel, so a
+    # float-I/O model and this runner give the same int8 input.
+    q = np.round(x * (np.float32(1.0) / np.float32(scale))) + zero
+    return np.ascontiguousarray(np.clip(q, info.min, info.max).astype(dt))
 
 
 def _dequantize_io(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

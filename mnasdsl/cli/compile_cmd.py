@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
                    help="int8: calibration images: an ImageFolder directory, `digits` or `synthetic`")
     p.add_argument("--calibration-size", type=positive_int, default=128, metavar="N",
                    help="int8: calibration images taken from SOURCE's training split (default 128)")
+    p.add_argument("--io", default=None, metavar="T",
+                   help="int8: the model's input/output type: float (QUANTIZE/DEQUANTIZE around the integer graph, "
+                        "default) or int8 (for NNAPI, the Edge TPU, microcontrollers)")
     p.add_argument("--batch", type=positive_int, default=1, metavar="N", help="batch size (default 1)")
     p.add_argument("--platform", metavar="P[,P..]",
                    help="target platform(s): cpu, gpu (= cuda), rocm, tpu; several export one multi-platform "
@@ -88,6 +91,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError("--quantize int8 needs --calibration SOURCE (an ImageFolder directory, digits or synthetic)")
     if args.calibration and args.quantize != "int8":
         raise UsageError("--calibration applies to --quantize int8")
+    if args.io is not None and (args.quantize != "int8" or args.io not in ("float", "int8")):
+        raise UsageError("--io float|int8 applies to --quantize int8")
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r} (expected {' or '.join(DTYPES)})")
     platforms = _platforms(args.platform)

@@ -331,11 +331,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
             raise MnasError(f"{'not ' if args.reference else ''}measured with --reference; keep the setting "
                             "or use another output file", path=str(out))
         reference = _reference(table, args, overhead)
+        net_reference = _reference(table, args, overhead, network=True) if cal_nets else None
     else:
         reference = prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead,
                                    runtime=args.runtime, threads=args.threads) if args.reference else None
         table = prof.new_table(args.device, args.batch, repeats=args.repeats, rounds=args.rounds, clock=args.clock,
                                overhead_ms=overhead, reference=reference, runtime=args.runtime, threads=args.threads)
+        net_reference = None
+    if reference is not None and cal_nets and net_reference is None:
+        net_reference = prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead,
+                                       runtime=args.runtime, threads=args.threads, network=True)
+        table = table.replace(provenance={**table.provenance, "reference_network": "reference_a1 (MnasNet-A1 "
+                                          "layout, 224x224, 1000 classes)",
+                                          "reference_network_ms": net_reference.baseline_ms})
     todo = [(k, lay, low) for k, (lay, low) in items if k not in table.entries]
     err = stderr_console()
     err.print(f"{len(items)} op signatures, {len(items) - len(todo)} already in {out}, {len(todo)} to measure "
@@ -373,9 +381,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         # Calibration networks share the rounds with the ops: load that drifts over minutes then
         # shifts both alike instead of biasing the fitted terms.
         if prepared:
+            refs = [reference] * len(todo) + [net_reference or reference] * (len(prepared) - len(todo))
             prof.time_rounds(prepared, repeats=args.repeats, rounds=args.rounds, warmup=1, on_round=save,
                              on_item=lambda: bar.advance(task), clock=args.clock, overhead_ms=overhead,
-                             reference=reference)
+                             reference=refs)
     if not todo and not out.exists():
         atomic_write_text(out, table.dumps())
     if cal_nets:
@@ -646,17 +655,19 @@ def _setup_clock(args: argparse.Namespace) -> float:
     return prof.call_overhead_ms(args.clock)
 
 
-def _reference(table: Any, args: argparse.Namespace, overhead: float) -> Any:
-    """The table's reference (its recorded baseline), or None for tables profiled without one."""
+def _reference(table: Any, args: argparse.Namespace, overhead: float, network: bool = False) -> Any:
+    """The table's reference op (or reference network) with its recorded baseline; None for tables
+    profiled without one."""
     from ..latency import profile as prof
 
-    base = table.provenance.get("reference_ms")
+    key = "reference_network_ms" if network else "reference_ms"
+    base = table.provenance.get(key)
     if base is None:
         return None
     if not isinstance(base, (int, float)) or base <= 0:
-        raise MnasError(f"latency table for {table.device}: `provenance.reference_ms` must be a positive number")
+        raise MnasError(f"latency table for {table.device}: `provenance.{key}` must be a positive number")
     return prof.Reference(clock=args.clock, repeats=args.repeats, overhead_ms=overhead, baseline_ms=float(base),
-                          runtime=args.runtime, threads=args.threads)
+                          runtime=args.runtime, threads=args.threads, network=network)
 
 
 def _measure(lows: list[LoweredNetwork], args: argparse.Namespace, table: Any) -> np.ndarray:
@@ -670,13 +681,23 @@ def _measure(lows: list[LoweredNetwork], args: argparse.Namespace, table: Any) -
     if str(prov.get("runtime_kind", "xla")) != args.runtime:
         stderr_console().print(f"warning: the table was measured with {table.runtime}; timing {args.runtime} here")
     overhead = _setup_clock(args)
-    reference = _reference(table, args, overhead)
+    op_ref = _reference(table, args, overhead)
+    net_ref = _reference(table, args, overhead, network=True)
+    con = stderr_console()
+    args.drift_pct = {}
+    for kind, ref in (("op", op_ref), ("network", net_ref)):
+        if ref is not None:
+            now = ref.now_ms()
+            args.drift_pct[kind] = (now / ref.baseline_ms - 1) * 100
+            con.print(f"reference {kind} now {now:.3f} ms, {ref.baseline_ms:.3f} ms at profiling "
+                      f"(machine drift {args.drift_pct[kind]:+.1f}%)")
+    if op_ref is not None and net_ref is None:
+        con.print("warning: the table has no reference network (profile it with --reference --calibrate N): whole "
+                  "networks are normalized by the reference op, which does not see cache and memory contention")
+    reference = net_ref or op_ref
     if reference is not None:
-        now = reference.now_ms()
-        drift = (now / reference.baseline_ms - 1) * 100
-        args.drift_pct = drift
-        stderr_console().print(f"reference op now {now:.3f} ms, {reference.baseline_ms:.3f} ms at profiling "
-                               f"(machine drift {drift:+.1f}%); normalizing to the profiling baseline")
+        which = "network" if net_ref else "op"
+        con.print(f"normalizing the networks to the profiling baseline of the reference {which}")
     return _time_networks(lows, args, overhead, reference)
 
 

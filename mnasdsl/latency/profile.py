@@ -204,19 +204,54 @@ REFERENCE_LAYER = Layer("reference", "block", "mb", 0, 0, (28, 28, 40), (28, 28,
                         "identity", False, "relu")
 
 
+# A fixed whole network (MnasNet-A1's layout, 224x224) timed beside whole-network measurements.
+REFERENCE_NETWORK_SPEC = """network reference_a1:
+  input 224x224x3
+  classes 1000
+  stem cv_k3_s22_o32
+  blocks
+    ds_r1_k3_s11_i32_o16_noskip
+    r2_k3_s22_e6_i16_o24
+    r3_k5_s22_e3_i24_o40_se0.25
+    r4_k3_s22_e6_i40_o80
+    r2_k3_s11_e6_i80_o112_se0.25
+    r3_k5_s22_e6_i112_o160_se0.25
+    r1_k3_s11_e6_i160_o320
+  head cv_k1_o1280 fixed
+"""
+
+
+def reference_network() -> LoweredNetwork:
+    from ..parser import parse
+
+    net = parse(REFERENCE_NETWORK_SPEC)[0]
+    return lower(net)  # type: ignore[arg-type]
+
+
 class Reference:
-    """Normalizes timings by a reference op measured right before and right after each one.
+    """Normalizes timings by a reference measured right before and right after each one.
 
     On a shared machine, other tenants slow everything down together (time slicing, a busy
     hyperthread sibling, cache and memory-bandwidth pressure), by tens of percent over minutes.
     Reporting each measurement as (its time / the reference's time just before) x ``baseline_ms``
     cancels that common factor, so ops profiled now and networks measured later agree. A table
-    records ``baseline_ms``; `lut check --measure` normalizes networks to the same baseline."""
+    records ``baseline_ms``; `lut check --measure` normalizes networks to the same baseline.
+
+    Ops and whole networks need references of their own kind: a small op keeps its weights in cache
+    and barely notices another tenant's cache and memory traffic, while a network streaming 15 MB
+    of weights per inference slows down 2-3x under the same load (measured in LiteRT on a shared
+    2-core VM: the reference op steady at 0.27 ms while A1 went from 7.5 to 24 ms). So ``network``
+    selects a whole reference network (:data:`REFERENCE_NETWORK_SPEC`) for network measurements."""
 
     def __init__(self, *, clock: str = "wall", repeats: int = 10, overhead_ms: float = 0.0,
-                 baseline_ms: float | None = None, runtime: str = "xla", threads: int = 1) -> None:
+                 baseline_ms: float | None = None, runtime: str = "xla", threads: int = 1,
+                 network: bool = False) -> None:
         self.clock, self.repeats, self.overhead_ms = clock, repeats, overhead_ms
-        self.prepared = prepare_layer(REFERENCE_LAYER, runtime=runtime, threads=threads)
+        self.network = network
+        if network:
+            self.prepared = prepare_network(reference_network(), runtime=runtime, threads=threads)
+        else:
+            self.prepared = prepare_layer(REFERENCE_LAYER, runtime=runtime, threads=threads)
         _time(self.prepared, repeats=2, warmup=3, clock=clock)
         self.baseline_ms = baseline_ms if baseline_ms is not None else min(self.now_ms() for _ in range(3))
 
@@ -230,7 +265,8 @@ class Reference:
 def time_rounds(prepared: Sequence[Prepared], *, repeats: int = 10, rounds: int = 3, warmup: int = 2,
                 on_round: Callable[[list[Entry]], None] | None = None,
                 on_item: Callable[[], None] | None = None, clock: str = "wall",
-                overhead_ms: float = 0.0, reference: Reference | None = None) -> list[Entry]:
+                overhead_ms: float = 0.0,
+                reference: Reference | Sequence[Reference | None] | None = None) -> list[Entry]:
     """Time every compiled function in ``rounds`` round-robin passes of ``repeats`` calls each.
 
     Within a pass the median rejects outliers. Across passes, spread over the whole run, the
@@ -238,24 +274,31 @@ def time_rounds(prepared: Sequence[Prepared], *, repeats: int = 10, rounds: int 
     comes in spells longer than one pass over one op. With a ``reference``, each median is
     divided by the reference's time around it (the geometric mean of its readings just before
     and just after, so a load change during a long item is half seen) and the median of those
-    normalized values is kept instead (the ratio's noise is two-sided)."""
+    normalized values is kept instead (the ratio's noise is two-sided). ``reference`` may also be
+    one reference per item (ops and networks each with their own kind)."""
     best = [np.inf] * len(prepared)
     meds: list[list[float]] = [[] for _ in prepared]
     out: list[Entry] = []
-    ref_before = reference.now_ms() if reference is not None else 1.0
+    refs = list(reference) if isinstance(reference, Sequence) else [reference] * len(prepared)
+    last: dict[int, float] = {}  # the latest reading of each reference: the one between two items serves both
     for r in range(rounds):
         for i, p in enumerate(prepared):
+            ref = refs[i]
+            if ref is not None and id(ref) not in last:
+                last[id(ref)] = ref.now_ms()
             med, _, _ = _time(p, repeats=repeats, warmup=warmup if r == 0 else 1, clock=clock)
             med = max(med - overhead_ms, 1e-4)
-            if reference is not None:  # the reading between two items serves both
-                ref_after = reference.now_ms()
-                med *= reference.baseline_ms / float(np.sqrt(ref_before * ref_after))
-                ref_before = ref_after
+            if ref is not None:
+                ref_before, ref_after = last[id(ref)], ref.now_ms()
+                med *= ref.baseline_ms / float(np.sqrt(ref_before * ref_after))
+                last[id(ref)] = ref_after
             meds[i].append(med)
             best[i] = min(best[i], med)
             if on_item:
                 on_item()
-        pick = (lambda i: float(np.median(meds[i]))) if reference else (lambda i: float(best[i]))
+        def pick(i: int) -> float:
+            return float(np.median(meds[i])) if refs[i] is not None else float(best[i])
+
         out = [Entry(pick(i), float(np.std(meds[i])), repeats * len(meds[i])) for i in range(len(prepared))]
         if on_round:
             on_round(out)
