@@ -229,3 +229,19 @@ def test_truncated_and_foreign_signature(tmp_path: Path) -> None:
     cut.write_bytes(good[: len(good) // 3])
     with pytest.raises(MnasError):
         tl.load(cut).run(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_unconvertible_op_names_the_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer whose lowering the converter rejects (here: an activation routed to an op LiteRT has
+    no builtin for) is reported by name, not as a converter stack trace."""
+    import jax.numpy as jnp
+
+    real = tl._act
+
+    def act(x: Any, name: str) -> Any:
+        return jnp.cumsum(x, axis=1) if name == "hswish" else real(x, name)  # CUMSUM has no XNNPACK path
+
+    monkeypatch.setattr(tl, "_act", act)
+    monkeypatch.setattr(tl, "non_builtin", lambda census: sorted(k for k in census if k == "CUMSUM"))
+    with pytest.raises(MnasError, match=r"layer (stem|blocks\.\d+\.\d+) .*CUMSUM"):
+        tl.convert(fold(built(every("same"))), 1)
