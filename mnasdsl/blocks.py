@@ -35,7 +35,7 @@ SKIP_FLAGS = {"noskip": "noskip", "pool": "pool", "id": "default"}
 FIELD_OF_KEY = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "i": "input", "o": "output",
                 "se": "se"}
 # Canonical field order: the TF spelling plus the extensions.
-FIELD_ORDER = ("op", "repeats", "repeats_delta", "kernel", "stride", "expansion", "input", "output",
+FIELD_ORDER = ("op", "repeats", "repeats_delta", "fixed_repeats", "kernel", "stride", "expansion", "input", "output",
                "output_factor", "se", "skip", "act")
 _ORDER_INDEX = {f: i for i, f in enumerate(FIELD_ORDER)}
 MAX_DIGITS = 9
@@ -122,7 +122,8 @@ _KEY_DESC = {
     "o": "an output channel count (o24), a scaled count (o24x0.75) or a relative set (o24x{0.75,1})",
     "se": "a squeeze-excitation ratio such as se0.25",
 }
-_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|mb|ds|cv|ir|cn|se|r|k|s|e|i|o)(.*)$")
+_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|mb|ds|cv|ir|cn|se|r|k|s|e|i|o)"
+                       r"(.*)$")
 
 
 def _split_top(text: str) -> list[tuple[int, str]]:
@@ -181,14 +182,15 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
     return Diagnostic(
         f"unknown field `{field}` in block string",
         span,
-        notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, swish, hswish",),
+        notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, swish, hswish, "
+               "fixed",),
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Front end 2: the regex fast path (concrete strings only; anything else goes to Lark)
 
-_FAST_FIELD = re.compile(r"(?:(mb|ds|cv|ir|cn)|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw)"
+_FAST_FIELD = re.compile(r"(?:(mb|ds|cv|ir|cn)|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed)"
                          r"|(se|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
 _NUM = re.compile(r"[0-9]+(\.[0-9]+)?\Z|\.[0-9]+\Z")
 _DIG = re.compile(r"[0-9]+\Z")
@@ -305,6 +307,8 @@ def _simple(e: Elem, sink: DiagnosticSink) -> list[tuple[str, FieldValue | None,
     if e.key == "flag":
         if text in SKIP_FLAGS:
             return [("skip", SKIP_FLAGS[text], e.span)]
+        if text == "fixed":
+            return [("fixed_repeats", True, e.span)]
         return [("act", ACT_ALIASES.get(text, text), e.span)]
     if e.form == "scaled":
         assert e.base is not None
@@ -439,7 +443,8 @@ def collect(elems: tuple[Elem, ...], sink: DiagnosticSink, allow_choices: bool) 
     return RawBlock(fixed, spans, choices, len(sink.items) == n0)
 
 
-_FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "repeats_delta": "r"}
+_FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "repeats_delta": "r",
+                                                       "fixed_repeats": "fixed"}
 
 
 def _dedupe_check(opts: list[Option], span: Span, sink: DiagnosticSink) -> None:
@@ -475,6 +480,11 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
         if op != "cv":
             sink.error(f"the {role} is a regular convolution: write `cv_...`", spans.get("op", span))
             ok = False
+        if fields.get("fixed_repeats"):
+            sink.error(f"`fixed` in a block string fixes a block's repeats; the {role} has none (to keep its "
+                       f"channels at every width, write `fixed` after the string: `{role} cv_... fixed`)",
+                       spans.get("fixed_repeats", span))
+            ok = False
         for f, key in (("expansion", "e"), ("input", "i"), ("se", "se"), ("skip", "noskip/pool/id"),
                        ("repeats", "r"), ("output_factor", "x")):
             if f in fields and not (f == "repeats" and fields[f] == 1) and not (f == "se" and fields[f] == 0):
@@ -494,7 +504,7 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
     return new_block(span, dict(spans), op, int(fields.get("repeats", 1)),  # type: ignore[arg-type]
                      int(fields["kernel"]), fields.get("stride", (1, 1)), e,  # type: ignore[arg-type]
                      fields.get("input"), output, factor, float(fields.get("se", 0.0)),  # type: ignore[arg-type]
-                     fields.get("skip", "default"), fields.get("act"))
+                     fields.get("skip", "default"), fields.get("act"), bool(fields.get("fixed_repeats", False)))
 
 
 # Shared: pydantic copies fields_set before mutating it (model_copy), so one set serves all.
@@ -504,13 +514,13 @@ _obj_setattr = object.__setattr__
 
 def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, kernel: int, stride: Any,
               expansion: float, input: Any, output: int, output_factor: float, se: float, skip: Any,
-              act: Any) -> Block:
+              act: Any, fixed_repeats: bool = False) -> Block:
     """Construct an already-validated Block without pydantic's per-field machinery (hot path)."""
     b = Block.__new__(Block)
     _obj_setattr(b, "__dict__", {
         "span": span, "spans": spans, "op": op, "repeats": repeats, "kernel": kernel, "stride": stride,
         "expansion": expansion, "input": input, "output": output, "output_factor": output_factor, "se": se,
-        "skip": skip, "act": act})
+        "skip": skip, "act": act, "fixed_repeats": fixed_repeats})
     _obj_setattr(b, "__pydantic_fields_set__", _BLOCK_FIELDS_SET)
     _obj_setattr(b, "__pydantic_extra__", None)
     _obj_setattr(b, "__pydantic_private__", None)
@@ -657,6 +667,8 @@ def format_block(b: Block, role: str = "block") -> str:
         parts.append(b.op)
     if role == "block":
         parts.append(f"r{b.repeats}")
+        if b.fixed_repeats:
+            parts.append("fixed")
     parts.append(f"k{b.kernel}")
     if role != "head" or b.stride != (1, 1):
         parts.append(f"s{b.stride[0]}{b.stride[1]}")
@@ -679,6 +691,8 @@ def _format_value(field: str, value: FieldValue) -> str:
         return str(value)
     if field in ("skip", "act"):
         return "id" if value == "default" else str(value)
+    if field == "fixed_repeats":
+        return "fixed"
     if field == "stride":
         assert isinstance(value, tuple)
         return f"s{value[0]}{value[1]}"

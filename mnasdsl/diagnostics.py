@@ -112,6 +112,12 @@ class MnasError(Exception):
     def to_json(self) -> list[dict[str, object]]:
         return [d.to_json() for d in self.diagnostics]
 
+    def located(self, path: str | None, source: str | None, *notes: str) -> MnasError:
+        """This error pointed into the file it is about: a check run away from the parser (lowering under
+        command-line overrides) has the span but neither the path nor the source line for the caret."""
+        diags = [Diagnostic(d.message, d.span, d.path or path, d.severity, d.notes + notes) for d in self.diagnostics]
+        return MnasError(diags, source=self.source if self.source is not None else source)
+
     def __str__(self) -> str:  # one readable message for API users too
         return self.render()
 

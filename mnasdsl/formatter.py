@@ -44,7 +44,8 @@ def format_unit(x: Network | SpaceDef) -> str:
     kind = "space" if isinstance(x, SpaceDef) else "network"
     lines = [f"{kind} {x.name}:"]
     lines += [INDENT + s for s in header_lines(x)]
-    lines.append(INDENT + "stem " + format_block(x.stem, "stem"))
+    # A scaled stem (the default) is written without its mode, so existing files keep their form.
+    lines.append(INDENT + "stem " + format_block(x.stem, "stem") + (" fixed" if x.stem_mode == "fixed" else ""))
     lines.append(INDENT + "blocks")
     for b in x.blocks:
         text = format_space_block(b) if isinstance(b, SpaceBlock) else format_block(b)
@@ -100,7 +101,8 @@ def _format_stmt(s: Stmt, kind: str) -> str:
     if s.kind in ("padding", "activation"):
         return f"{s.kind} {a[0]}"
     if s.kind == "stem":
-        return "stem " + _canon_block_text(a[0], s.arg_spans[0].line, s.arg_spans[0].col, kind, "stem")
+        text = "stem " + _canon_block_text(a[0], s.arg_spans[0].line, s.arg_spans[0].col, kind, "stem")
+        return text + (" fixed" if len(a) > 1 and a[1] == "fixed" else "")
     if s.kind == "head":
         text = "head " + _canon_block_text(a[0], s.arg_spans[0].line, s.arg_spans[0].col, kind, "head")
         return text + " " + (a[1] if len(a) > 1 else "fixed")

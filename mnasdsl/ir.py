@@ -103,6 +103,9 @@ class Block(Node):
     se: float = Field(0.0, ge=0.0, le=1.0)
     skip: Skip = "default"
     act: Activation | None = None
+    # `fixed` in the block string: the depth multiplier leaves this stage's repeats alone
+    # (EfficientNet-Lite keeps its first and last stages at every depth, as timm's fix_first_last).
+    fixed_repeats: bool = False
 
     @model_validator(mode="after")
     def _rules(self) -> Block:
@@ -138,6 +141,8 @@ class Network(Node):
     blocks: tuple[Block, ...]
     head: Block
     head_mode: HeadMode = "fixed"
+    # `stem ... fixed`: the stem keeps its channels at every width (EfficientNet-Lite); default scaled.
+    stem_mode: HeadMode = "scaled"
 
     @model_validator(mode="after")
     def _rules(self) -> Network:
@@ -226,6 +231,7 @@ class SpaceDef(Node):
     blocks: tuple[SpaceBlock, ...]
     head: Block
     head_mode: HeadMode = "fixed"
+    stem_mode: HeadMode = "scaled"
 
 
 HEADER_FIELDS: tuple[str, ...] = (

@@ -88,7 +88,8 @@ def lower(
     layers: list[Layer] = []
 
     stem = net.stem
-    cout = round_filters(stem.output, stem.output_factor, w_mult, div, mind)
+    fixed_stem = net.stem_mode == "fixed"  # EfficientNet-Lite: the stem keeps its channels at every width
+    cout = round_filters(stem.output, stem.output_factor, 1.0 if fixed_stem else w_mult, div, mind)
     oh, ow = _out_hw(h, w, stem.stride)
     layers.append(Layer("stem", "stem", "cv", -1, 0, (h, w, c), (oh, ow, cout), stem.kernel, stem.stride,
                         1.0, cout, 0.0, 0, "none", False, stem.act or default_act))
@@ -96,15 +97,15 @@ def lower(
 
     for bi, blk in enumerate(net.blocks):
         cout = round_filters(blk.output, blk.output_factor, w_mult, div, mind)
-        if blk.input is not None:
-            expect = round_filters(blk.input, 1.0, w_mult, div, mind)
+        if blk.input is not None:  # i is rounded as its producer is: after a fixed stem, unscaled
+            expect = round_filters(blk.input, 1.0, 1.0 if fixed_stem and bi == 0 else w_mult, div, mind)
             if expect != c:
                 raise MnasError(Diagnostic(
                     f"block {bi} declares {expect} input channels (i{blk.input}) but receives {c}",
                     blk.field_span("input")))
         act = blk.act or default_act
         op, k, e, ratio, bskip = blk.op, blk.kernel, blk.expansion, blk.se, blk.skip
-        repeats = blk.repeats if d_mult == 1.0 else round_repeats(blk.repeats, d_mult)
+        repeats = blk.repeats if d_mult == 1.0 or blk.fixed_repeats else round_repeats(blk.repeats, d_mult)
         stride = blk.stride
         for r in range(repeats):
             if r:

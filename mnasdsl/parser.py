@@ -6,6 +6,7 @@ and raised together as one MnasError, so a user fixes a file in one round.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import cache
 from pathlib import Path
@@ -130,6 +131,10 @@ def _statements(text: str, sink: DiagnosticSink) -> list[Stmt]:
         try:
             tree = parser.parse(line + "\n")
         except UnexpectedInput as e:
+            header = _header_without_colon(line, i, sink)
+            if header is not None:  # recovered: the unit's lines are not all "outside of a unit"
+                stmts.append(header)
+                continue
             sink.items.append(_syntax_error(e, line + "\n", i).with_path(sink.path))
             continue
         for t in tree.children:
@@ -139,6 +144,22 @@ def _statements(text: str, sink: DiagnosticSink) -> list[Stmt]:
                     span=Span(i, s.span.col, i, s.span.end_col),
                     arg_spans=tuple(Span(i, a.col, i, a.end_col) for a in s.arg_spans)))
     return stmts
+
+
+_RE_HEADER_NO_COLON = re.compile(r"[ \t\f\r]*(network|space)[ \t\f\r]+([A-Za-z_][A-Za-z0-9_.\-]*)[ \t\f\r]*(#.*)?\Z")
+
+
+def _header_without_colon(line: str, line_no: int, sink: DiagnosticSink) -> Stmt | None:
+    """`network NAME` without its colon: one clear error, and the header kept, so that every
+    following line is read as part of the unit instead of cascading into "outside of a unit"."""
+    m = _RE_HEADER_NO_COLON.match(line)
+    if m is None:
+        return None
+    kind, name = m.group(1), m.group(2)
+    k0, n0, n1 = m.start(1) + 1, m.start(2) + 1, m.end(2) + 1
+    sink.error(f"expected `:` after `{kind} {name}`", Span(line_no, n1, line_no, n1 + 1))
+    return Stmt("header", (kind, name), Span(line_no, k0, line_no, n1),
+                (Span(line_no, k0, line_no, k0 + len(kind)), Span(line_no, n0, line_no, n1)))
 
 
 def _stmt(t: Tree) -> Stmt:
@@ -229,7 +250,7 @@ def statements_fast(text: str) -> list[Stmt] | None:
                     for j in range(0, len(args), 2)):
                 return None
         elif first == "stem":
-            if len(args) != 1:
+            if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("fixed", "scaled")):
                 return None
         elif first == "head":
             if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("fixed", "scaled")):
@@ -289,6 +310,21 @@ _SETTING_NAMES = {
 }
 
 
+_RE_WORD = re.compile(r"[A-Za-z][A-Za-z_\-]*:?\Z")  # no digit: never a block string (they all have a k or o)
+
+
+def _unknown_setting(word: str, in_blocks: bool) -> tuple[str, str | None] | None:
+    """A block line that is really a misspelled setting (`widht 0.5`): its first token is a plain word
+    close to a setting name or, outside `blocks`, any plain word. Returns the word and the likely setting."""
+    if not _RE_WORD.match(word):
+        return None
+    word = word.rstrip(":")
+    close = difflib.get_close_matches(word.lower().replace("-", "_"), sorted(_KEYWORDS), n=1, cutoff=0.6)
+    if close:
+        return word, close[0]
+    return None if in_blocks else (word, None)
+
+
 def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) -> Network | SpaceDef | None:
     is_space = unit.kind == "space"
     n0 = len(sink.items)
@@ -299,7 +335,20 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
     block_spans: list[Span] = []
     in_blocks = False
     head_span: Span | None = None
+    guessed: set[str] = set()  # settings a misspelled line probably meant: not also reported missing
     for s in unit.stmts:
+        if s.kind == "block_line" and _RE_WORD.match(s.args[0]):
+            bad = _unknown_setting(s.args[0], in_blocks)
+            if bad is not None:
+                word, guess = bad
+                if guess is None:
+                    sink.error(f"unknown setting `{word}`", s.arg_spans[0],
+                               "settings are " + ", ".join(sorted(_KEYWORDS)))
+                else:
+                    sink.error(f"unknown setting `{word}` (did you mean `{guess}`?)", s.arg_spans[0])
+                    guessed.add(guess)
+                    in_blocks = in_blocks or guess == "blocks"
+                continue
         if s.kind == "block_line" and in_blocks and not is_space:  # the common line, first
             for text, bsp in zip(s.args, s.arg_spans):
                 block_spans.append(bsp)
@@ -370,6 +419,8 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
                 head_span = sp[0]
                 if len(a) > 1:
                     fields["head_mode"] = a[1]
+            elif len(a) > 1:
+                fields["stem_mode"] = a[1]
         if s.kind in ("blocks", "block_line"):
             if s.kind == "block_line" and not in_blocks:
                 sink.error("block string outside a `blocks` section", s.span)
@@ -391,7 +442,7 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
     for req in ("stem", "blocks", "head"):
         if req not in seen:
             missing = True
-            if not syntax_errors:
+            if not syntax_errors and req not in guessed:
                 sink.error(f"{unit.kind} `{unit.name}` has no `{req}`", hs)
     if "blocks" in seen and not blocks:
         sink.error(f"{unit.kind} `{unit.name}` has an empty `blocks` section", seen["blocks"])
@@ -411,7 +462,7 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
 
 _DEFAULTS: dict[str, Any] = dict(
     input=(224, 224, 3), classes=1000, width=1.0, depth=1.0, divisor=8, min_depth=None, dropout=0.2,
-    bn_momentum=0.99, bn_eps=1e-3, padding="same", activation="relu", head_mode="fixed",
+    bn_momentum=0.99, bn_eps=1e-3, padding="same", activation="relu", head_mode="fixed", stem_mode="scaled",
 )
 
 
@@ -441,13 +492,14 @@ def _check_channels_partial(stem: Block, blocks: list[Block | SpaceBlock | None]
     w = fields.get("width", 1.0)
     div = fields.get("divisor", 8)
     mind = fields.get("min_depth")
-    c = round_filters(stem.output, stem.output_factor, w, div, mind)
+    fixed_stem = fields.get("stem_mode") == "fixed"
+    c = round_filters(stem.output, stem.output_factor, 1.0 if fixed_stem else w, div, mind)
     prev = "the stem"
     for bi, b in enumerate(blocks):
         if not isinstance(b, Block):
             return
-        if b.input is not None:
-            declared = round_filters(b.input, 1.0, w, div, mind)
+        if b.input is not None:  # i names what the producer makes: after a fixed stem, unscaled
+            declared = round_filters(b.input, 1.0, 1.0 if fixed_stem and bi == 0 else w, div, mind)
             if declared != c:
                 got = f"i{b.input}" if declared == b.input else f"i{b.input}, {declared} after width {w:g}"
                 sink.error(f"block {bi} declares {got} input channels but receives {c} from {prev}",

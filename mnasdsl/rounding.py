@@ -11,12 +11,16 @@ def round_filters(
     """TF's ``round_filters``: scale, round to the nearest multiple of ``divisor`` (never below
     ``min_depth``, never more than 10% below the scaled value).
 
-    As in TF, a product equal to the literal is not rounded at all (``o36`` stays 36 at width 1.0);
-    a relative filter ``o24x0.75`` is one product ``24 * 0.75 * width`` and one rounding.
+    TF skips rounding only when no multiplier is given (``if not multiplier: return filters``),
+    which is how its reference models are built (``depth_multiplier=None``). Here that state is
+    width 1.0 with no relative factor: ``o36`` stays 36 at width 1.0, as in TF's MnasNet-D1. Any
+    multiplier rounds, even when the product equals the literal (``o36x0.5`` at width 2.0 is 40),
+    so what the language cannot say is TF's explicit ``depth_multiplier=1.0`` (write ``o40``).
+    A relative filter ``o24x0.75`` is one product ``24 * 0.75 * width`` and one rounding.
     """
-    product = filters * factor * width
-    if product == filters:
+    if factor == 1.0 and width == 1.0:
         return filters
+    product = filters * factor * width
     min_d = min_depth or divisor
     new = max(min_d, int(product + divisor / 2) // divisor * divisor)
     if new < 0.9 * product:

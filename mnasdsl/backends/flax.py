@@ -258,6 +258,29 @@ def set_platform(model: MnasNet, platform: str | Sequence[str] | None) -> MnasNe
     return model
 
 
+def quick_compile_fn(model: MnasNet) -> Any:
+    """``images -> logits`` compiled for the least compile time, not the fastest run: the grouped
+    depthwise form and XLA's backend optimizations off. For a few images, where compiling is most of
+    the wall time (mnasnet-small at 32 px: 0.7 s instead of 1.9 s); the fused form pays off beyond
+    a handful of images at full size."""
+    graphdef, state = nnx.split(model)
+    quick = nnx.merge(graphdef, state)  # a copy of the module tree: the caller's keeps its lowering
+    for _, m in nnx.iter_modules(quick):
+        if isinstance(m, DepthwiseBN):
+            m.impl = "grouped"
+    qgraph, qstate = nnx.split(quick)
+    cache: dict[tuple[int, ...], Any] = {}
+
+    def run(x: jax.Array) -> jax.Array:
+        key = tuple(x.shape)
+        if key not in cache:
+            fn = jax.jit(lambda s, v: nnx.merge(qgraph, s)(v, train=False))
+            cache[key] = fn.lower(qstate, x).compile(compiler_options={"xla_backend_optimization_level": 0})
+        return cache[key](qstate, x)
+
+    return run
+
+
 def count_params(module: nnx.Module) -> int:
     """Trainable parameters (BN scale and bias included, running statistics not)."""
     return int(sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(module, nnx.Param))))
@@ -327,30 +350,93 @@ def load_params(network: Network | LoweredNetwork, directory: str | os.PathLike[
                 rngs: nnx.Rngs | None = None, platform: str | Sequence[str] | None = None,
                 dtype: Any = jnp.float32) -> MnasNet:
     """Build the network and fill it with the variables saved under ``directory`` (by save_params
-    or by training); a checkpoint of another architecture is a MnasError, not a silent mismatch."""
+    or by training); a checkpoint of another architecture is a MnasError, not a silent mismatch.
+    The error names both networks (from ``mnasdsl.json``) and the first differing variable, compared
+    before restoring: Orbax's own structure-mismatch message lists every key (kilobytes on one line)."""
     import orbax.checkpoint as ocp
 
     model = build(network, rngs=rngs or nnx.Rngs(0), platform=platform, dtype=dtype)
     path = resolve_ckpt_dir(directory)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables(model))
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer() as ckptr:
+        diff = _first_difference(ckptr, path, abstract)
+        if diff is not None:
+            raise _mismatch(directory, path, model, diff)
+        try:
             restored = ckptr.restore(path, abstract)
-    except Exception as e:  # noqa: BLE001 - any failure to restore means a checkpoint that does not fit
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MnasError(f"{path}: not a checkpoint of network {model.lowered.name!r} at this size: {msg}") from None
+        except Exception as e:  # noqa: BLE001 - any failure to restore means a checkpoint that does not fit
+            raise _mismatch(directory, path, model, _clip(str(e).strip() or type(e).__name__)) from None
     # Orbax restores the stored shapes even when the target's differ: compare them explicitly.
     want = {kp: tuple(a.shape) for kp, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
         shape = np.shape(leaf)
         if tuple(shape) != want.get(kp, ()):
-            raise MnasError(f"{path}: not a checkpoint of network {model.lowered.name!r} at this size: "
-                            f"{jax.tree_util.keystr(kp)} is {tuple(shape)} there, {tuple(want.get(kp, ()))} here")
+            raise _mismatch(directory, path, model, f"{_key(kp)} is {tuple(shape)} there, "
+                                                    f"{tuple(want.get(kp, ()))} here")
     for key, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, kind)
         nnx.replace_by_pure_dict(state, restored[key])
         nnx.update(model, state)
     return model
+
+
+def _key(kp: Sequence[Any]) -> str:
+    """``params/layers/3/dw/kernel``: one spelling for the model's int list indices and Orbax's str keys."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in kp)
+
+
+def _clip(text: str, width: int = 160) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def _first_difference(ckptr: Any, path: Path, abstract: Any) -> str | None:
+    """The first variable whose name or shape differs between the checkpoint and the model (None when
+    all match, or when the stored metadata cannot be read: restoring then reports what is wrong)."""
+    try:
+        stored = ckptr.metadata(path).item_metadata.tree
+        there = {_key(kp): tuple(leaf.shape) for kp, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    except Exception:  # noqa: BLE001 - best effort: Orbax's metadata layout is not a stable API
+        return None
+    here = {_key(kp): tuple(a.shape) for kp, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    order = sorted(here, key=lambda k: not k.startswith("params/"))  # weights say more than BN statistics
+    diffs = [f"{k} is missing there" if k not in there else f"{k} is {there[k]} there, {here[k]} here"
+             for k in order if there.get(k) != here[k]]
+    diffs += [f"{k} there has no counterpart here" for k in there if k not in here]
+    if not diffs:
+        return None
+    more = len(diffs) - 1
+    return diffs[0] + (f" (and {more} more difference{'s' if more > 1 else ''})" if more else "")
+
+
+def _network_text(name: Any, params: Any, input_shape: Any, classes: Any) -> str:
+    shape = "x".join(str(x) for x in input_shape) if isinstance(input_shape, list | tuple) else "?"
+    count = f"{params:,}" if isinstance(params, int) else "?"
+    return f"`{name}` ({count} params, input {shape}, {classes} classes)"
+
+
+def _mismatch(directory: str | os.PathLike[str], path: Path, model: MnasNet, detail: str) -> MnasError:
+    """Two lines naming both networks: what the checkpoint's mnasdsl.json says it holds, and what was asked."""
+    from ..diagnostics import Diagnostic
+
+    low = model.lowered
+    params = count_params(model)
+    here = _network_text(low.name, params, list(low.input_shape), low.classes)
+    note = f"not a checkpoint of network {low.name!r} at this size: {detail}"
+    saved: Any = None
+    for cand in (path.parent / "mnasdsl.json", path / "mnasdsl.json"):
+        try:
+            saved = json.loads(cand.read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    if not isinstance(saved, dict) or "network" not in saved:
+        return MnasError(f"{path}: {note}")
+    if (saved.get("network"), saved.get("params"), saved.get("classes")) == (low.name, params, low.classes):
+        return MnasError(Diagnostic(f"checkpoint {directory} of network {here} cannot be restored",
+                                    notes=(_clip(detail, 300),)))
+    there = _network_text(saved.get("network"), saved.get("params"), saved.get("input"), saved.get("classes"))
+    return MnasError(Diagnostic(f"checkpoint {directory} holds network {there}, not {here}", notes=(note,)))
 
 
 # --- StableHLO export ------------------------------------------------------------------------------

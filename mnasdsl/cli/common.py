@@ -17,21 +17,46 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..diagnostics import MnasError
 from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported for commands
 from ..ir import Network
+from ..lowering import lower
 from ..parser import parse_units, read_source, select
+
+PIPE_WIDTH = 200  # console width when output is not a terminal (rich would assume 80 and wrap tables)
 
 
 class UsageError(Exception):
     """A bad command line (exit 2)."""
 
 
+def _console(stderr: bool) -> Console:
+    """A console that wraps tables at the terminal's width, but not at rich's default 80 columns when
+    piped or redirected (a file or a pipe has no width; COLUMNS, when set, still wins)."""
+    con = Console(stderr=stderr, soft_wrap=True, highlight=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con.width = PIPE_WIDTH
+    return con
+
+
 def stdout_console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+    return _console(stderr=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, soft_wrap=True, highlight=False)
+    return _console(stderr=True)
+
+
+def human_count(n: float, decimals: int = 2) -> str:
+    """A count at a human scale (312.18M, 2.22T): totals of absurd networks stay readable instead of
+    printing as millions with ten digits."""
+    for unit, scale in (("", 1.0), ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("P", 1e15)):
+        v = n / scale
+        if round(abs(v), decimals) < 1000 or unit == "P":
+            if not unit:
+                return f"{n:.0f}" if float(n).is_integer() else f"{n:.{decimals}f}"
+            return f"{v:.{decimals}f}{unit}"
+    raise AssertionError("unreachable")
 
 
 def positive_float(text: str) -> float:
@@ -72,26 +97,48 @@ def resolution_arg(text: str) -> int | tuple[int, int]:
 def add_network_args(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     """The options every command that takes a network accepts."""
     p.add_argument("--network", metavar="NAME", help="which network of a multi-network file")
-    p.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (replaces the file's)")
-    p.add_argument("--depth", type=positive_float, metavar="D", help="depth multiplier (replaces the file's)")
-    p.add_argument("--resolution", type=resolution_arg, metavar="R", help="input resolution R or HxW")
-    p.add_argument("--classes", type=positive_int, metavar="C", help="number of classes")
+    add_override_args(p)
     if json_flag:
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
+def add_override_args(p: argparse.ArgumentParser) -> None:
+    """--width/--depth/--resolution/--classes, typed alike in every command (bad values are usage errors)."""
+    p.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (replaces the file's)")
+    p.add_argument("--depth", type=positive_float, metavar="D", help="depth multiplier (replaces the file's)")
+    p.add_argument("--resolution", type=resolution_arg, metavar="R", help="input resolution R or HxW")
+    p.add_argument("--classes", type=positive_int, metavar="C", help="number of classes")
+
+
+OVERRIDES = ("width", "depth", "resolution", "classes")
+
+
 def load_network(args: argparse.Namespace, path: str | None = None) -> Network:
-    """Load the selected network of ``args.file`` and apply command-line overrides."""
+    """Load the selected network of ``args.file`` and apply command-line overrides.
+
+    The overridden network is lowered once here: a rule only the overrides break (a block's `i` no
+    longer matching after --width) is then reported in the file, with its source line and caret, and
+    names the override that caused it.
+    """
     path = path or args.file
     text = read_source(path)
     net = select(parse_units(text, path), getattr(args, "network", None), path, "network")
     assert isinstance(net, Network)
-    return net.scaled(
-        width=getattr(args, "width", None),
-        depth=getattr(args, "depth", None),
-        resolution=getattr(args, "resolution", None),
-        classes=getattr(args, "classes", None),
-    )
+    given = {k: getattr(args, k, None) for k in OVERRIDES}
+    scaled = net.scaled(**given)
+    if scaled is not net:
+        try:
+            lower(scaled)
+        except MnasError as err:
+            used = [f"--{k} {_override_text(v)}" for k, v in given.items() if v is not None]
+            shaping = [u for u in used if u.startswith(("--width", "--depth"))] or used
+            raise err.located(path, text, f"this holds at the file's own settings; the command-line "
+                                          f"{' '.join(shaping)} breaks it") from None
+    return scaled
+
+
+def _override_text(v: Any) -> str:
+    return "x".join(str(x) for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def print_json(obj: Any) -> None:

@@ -18,6 +18,7 @@ from .common import (
     atomic_write_text,
     cost_table,
     enable_compilation_cache,
+    human_count,
     load_network,
     positive_int,
     print_json,
@@ -162,6 +163,11 @@ def _summary(args: argparse.Namespace, model: Any, lowered: Any, weights: str) -
 
     from ..backends import flax as fb
 
+    host = jax.default_backend()
+    targets = {"gpu" if p in ("cuda", "rocm") else p for p in _platforms(args.platform) or [host]}
+    if host not in targets:  # it still runs here (the lowering differs, not the ops), but say whose times these are
+        sys.stderr.write(f"note: lowered for --platform {args.platform}, but compiled and timed on this host's {host}: "
+                         f"the compile time and forward latency reported are the {host}'s, not the target's\n")
     c = cost_lowered(lowered)
     h, w, ch = lowered.input_shape
     x = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, h, w, ch)), jnp.float32)
@@ -203,7 +209,7 @@ def _summary(args: argparse.Namespace, model: Any, lowered: Any, weights: str) -
     if args.output:
         con = _file_console()
     con.print(t)
-    con.print(f"params {total:,}   MACs {c.macs / 1e6:.2f}M per image   weights: {weights}")
+    con.print(f"params {total:,}   MACs {human_count(c.macs)} per image   weights: {weights}")
     con.print(f"XLA compile {compile_s:.2f} s   forward {forward_ms:.2f} ms (median of {args.repeats}, "
               f"batch {args.batch}, {device})")
     if args.output:

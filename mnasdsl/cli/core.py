@@ -19,12 +19,17 @@ from ..lowering import lower
 from ..parser import parse_units, read_source, select
 from ..space import Space
 from .common import (
+    UsageError,
     add_network_args,
+    add_override_args,
     atomic_write_text,
     cost_table,
+    human_count,
     layer_text,
     load_network,
+    positive_int,
     print_json,
+    seed_arg,
     shape_text,
     stdout_console,
 )
@@ -41,7 +46,7 @@ def register(sub: Any) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="exit 1 if a file would change (like black --check)")
     g.add_argument("--write", action="store_true", help="rewrite the files in place (atomically)")
-    p.add_argument("--diff", action="store_true", help="with --check, show a unified diff")
+    p.add_argument("--diff", action="store_true", help="show a unified diff of what would change (implies --check)")
     p.set_defaults(func=cmd_fmt)
 
     p = sub.add_parser("show", help="the resolved layer table of a network")
@@ -62,12 +67,9 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="SPACE")
     p.add_argument("--space", dest="network", metavar="NAME", help="which space of a multi-space file")
     p.add_argument("--network", dest="network", metavar="NAME", help=argparse.SUPPRESS)
-    p.add_argument("-n", type=int, default=1, metavar="N", help="how many (default 1)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--width", type=float, metavar="W")
-    p.add_argument("--depth", type=float, metavar="D")
-    p.add_argument("--resolution", type=int, metavar="R")
-    p.add_argument("--classes", type=int, metavar="C")
+    p.add_argument("-n", type=positive_int, default=1, metavar="N", help="how many (default 1)")
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="random seed (>= 0; default 0)")
+    add_override_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_sample)
 
@@ -96,6 +98,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
+    if args.diff and args.write:
+        raise UsageError("--diff shows what --check would change; it cannot be combined with --write")
+    args.check = args.check or args.diff  # a diff alone is a check (as `ruff format --diff`): never silently ignored
     errors: list[MnasError] = []
     changed = []
     for path in args.files:
@@ -152,7 +157,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                   ly.skip + ("+proj" if ly.pool_proj else ""), ly.act)
     con = stdout_console()
     con.print(t)
-    con.print(f"{len(low.layers)} layers, {c.params:,} params, {c.macs / 1e6:.2f}M MACs")
+    con.print(f"{len(low.layers)} layers, {c.params:,} params, {human_count(c.macs)} MACs")
     return 0
 
 
@@ -171,7 +176,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     t.add_row("total", "", "", f"{c.params:,}", f"{c.macs:,}")
     con = stdout_console()
     con.print(t)
-    con.print(f"params {c.params:,} ({c.params / 1e6:.3f}M)   MACs {c.macs:,} ({c.macs / 1e6:.2f}M)")
+    con.print(f"params {c.params:,} ({human_count(c.params, 3)})   MACs {c.macs:,} ({human_count(c.macs)})")
     return 0
 
 
@@ -190,10 +195,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        from .common import UsageError
-
-        raise UsageError(f"-n must be >= 1, got {args.n}")
     path = args.file
     spec = select(parse_units(read_source(path), path), args.network, path, "space")
     assert isinstance(spec, SpaceDef)

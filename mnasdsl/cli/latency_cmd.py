@@ -25,6 +25,7 @@ from .common import (
     positive_float,
     positive_int,
     print_json,
+    seed_arg,
     shape_text,
     stderr_console,
     stdout_console,
@@ -73,11 +74,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-ops", type=positive_int, metavar="K", help="measure at most K signatures")
     p.add_argument("--sample", type=positive_int, metavar="N",
                    help="space: profile the ops of N sampled networks instead of enumerating the space")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="seed for --sample (>= 0; default 0)")
     p.add_argument("--calibrate", type=positive_int, metavar="N",
                    help="space: also time N networks sampled with --calibration-seed end-to-end (their ops too) and "
                         "fit the fallback model and the global terms on them, stored in the table")
-    p.add_argument("--calibration-seed", type=int, metavar="S",
+    p.add_argument("--calibration-seed", type=seed_arg, metavar="S",
                    help="seed of the --calibrate networks; keep it apart from the seed of any networks you check "
                         "the table on (default: --seed + 1)")
     p.add_argument("--calibration-terms", default="scale", metavar="TERMS",
@@ -123,7 +124,7 @@ def register(sub: Any) -> None:
     p.add_argument("--spec", metavar="FILE", help="the network of --published rows without a spec column")
     p.add_argument("--measure", metavar="FILE_OR_SPACE", help="time networks end-to-end on this machine")
     p.add_argument("--sample", type=positive_int, metavar="N", help="with --measure SPACE: N sampled networks")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="seed for --sample (default 0)")
     p.add_argument("--repeats", type=positive_int, default=10, metavar="N", help="timed runs per network (10)")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="R",
                    help="round-robin passes over all networks; the fastest pass's median is kept (default 3)")
@@ -552,6 +553,10 @@ def cmd_lut_fit(args: argparse.Namespace) -> int:
         raise UsageError("--spec needs --published")
     nets = [(low, ms) for _, low, ms in _published(args)] if args.published else []
     fitted = fit_lut(lut, nets, terms=terms, use_entries=not args.model_only)
+    n_coef = len(fitted.model.coef) if fitted.model is not None else 0
+    if len(lut.entries) < 2 * n_coef:  # NNLS fits them all the same, but the model is barely constrained
+        sys.stderr.write(f"warning: {args.file}: {len(lut.entries)} entries fit {n_coef} coefficients; the fallback "
+                         f"model is poorly determined below {2 * n_coef} entries (profile more ops)\n")
     atomic_write_text(args.output, fitted.dumps())
     con = stdout_console()
     assert fitted.model is not None

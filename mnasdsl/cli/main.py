@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..diagnostics import MnasError
 from .common import UsageError
@@ -29,6 +29,18 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """Record the innermost (sub)command parser, so that a UsageError a command raises later prints
+        that command's usage, as argparse's own errors do. The subcommand parses first and its
+        namespace is copied up, so an outer parser leaves the attribute alone."""
+        ns, rest = super().parse_known_args(args, namespace)
+        if not hasattr(ns, USAGE_PARSER):
+            setattr(ns, USAGE_PARSER, self)
+        return ns, rest
+
+
+USAGE_PARSER = "_usage_parser"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(json.dumps(err.to_json()) + "\n")
         return 1
     except UsageError as err:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write(f"mnasdsl: error: {err}\n")
+        which = getattr(args, USAGE_PARSER, parser)
+        which.print_usage(sys.stderr)
+        sys.stderr.write(f"{which.prog}: error: {err}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("mnasdsl: interrupted\n")

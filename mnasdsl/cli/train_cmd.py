@@ -18,6 +18,7 @@ from .common import (
     positive_float,
     positive_int,
     print_json,
+    seed_arg,
 )
 
 
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--recipe", choices=("adam", "mnasnet"), default="adam",
                    help="adam: AdamW + cosine (default); mnasnet: the paper's RMSProp recipe")
     p.add_argument("--lr", type=positive_float, metavar="LR", help="peak learning rate (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="random seed (>= 0; default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last completed epoch")
     p.add_argument("--init", metavar="DIR", help="start from these weights (an `import` output, params or training "
                                                  "directory); a new class count re-initializes the classifier")
@@ -42,6 +43,9 @@ def register(sub: Any) -> None:
                    help="re-estimate BN statistics on training batches before evaluating "
                         "(default: runs under 5 epochs or 2,000 steps at BN momentum 0.99)")
     g.add_argument("--no-recalibrate-bn", dest="recal", action="store_false", help="never recalibrate")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the classifier: every other weight and BN statistic stays exactly as --init "
+                        "gave it (BN in eval mode, no dropout); the usual first step on a small dataset")
     p.add_argument("--workers", type=positive_int, metavar="N", help="data loading threads (default: CPU count)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_network_args(p)
@@ -118,7 +122,7 @@ def _exported(args: argparse.Namespace, kind: str) -> Any:
     from ..train.data import norm_stats
 
     h, w, c = net.input
-    mean, std = norm_stats(c)
+    mean, std = args.norm if args.norm is not None else norm_stats(c)
     ex.mean, ex.std = mean.astype("float32"), std.astype("float32")
     ex.batch, ex.size, ex.channels = 1, (h, w), c
     return ex
@@ -137,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     verbose = not args.quiet
     result = fit(net, source, epochs=args.epochs, batch=args.batch, recipe=args.recipe, seed=args.seed,
                  out=args.out, lr=args.lr, resume=args.resume, recalibrate_bn=args.recal, init=args.init,
+                 freeze_backbone=args.freeze_backbone,
                  verbose=verbose and sys.stderr.isatty(), workers=args.workers,
                  log=(lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush())) if verbose else (lambda _m: None))
     if args.json:
@@ -155,7 +160,7 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
     """FILE's network at the checkpoint's size (unless overridden), its weights, and the class names."""
     from ..backends.flax import load_params
     from ..parser import parse
-    from ..train.checkpoint import find_meta
+    from ..train.checkpoint import find_meta, find_preprocess, norm_of
 
     ckpt = Path(args.ckpt)
     if not ckpt.is_dir():
@@ -173,6 +178,7 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
         if len(names) != net.classes:
             raise MnasError(f"{ckpt}: trained for {len(names)} classes, but --classes is {net.classes}")
     enable_compilation_cache()
+    args.norm = norm_of(find_preprocess(ckpt), net.input[2])  # how these weights expect their input
     return net, load_params(net, ckpt), names
 
 
@@ -191,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise MnasError(f"{source.name} has {source.num_classes} classes, the network {net.classes}")
     split = source.val if args.split == "val" else source.train
     h, w, c = net.input
-    m = evaluate_model(model, split, size=(h, w), channels=c, batch=args.batch)
+    m = evaluate_model(model, split, size=(h, w), channels=c, batch=args.batch, norm=args.norm)
     bad = source.corrupt_count()
     if bad:
         sys.stderr.write(f"warning: skipped {bad} corrupt or unreadable image(s)\n")
@@ -223,9 +229,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     net, model, names = _load_trained(args)
     h, w, c = net.input
     images = _read_images(args.images, (h, w), c)
-    probs = predict_images(model, images, c)
-    labels = names or tuple(f"class{i}" for i in range(net.classes))
-    return _print_predictions(args, net.name, labels, probs)
+    probs = predict_images(model, images, c, norm=args.norm)
+    from ..labels import default_names
+
+    return _print_predictions(args, net.name, names or default_names(net.classes), probs)
 
 
 def _read_images(paths: list[str], size: tuple[int, int], c: int) -> Any:
@@ -252,7 +259,9 @@ def _predict_exported(args: argparse.Namespace, ex: Any) -> int:
     logits = ex.logits(images)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    labels = ex.classes or tuple(f"class{i}" for i in range(probs.shape[1]))
+    from ..labels import default_names
+
+    labels = ex.classes or default_names(probs.shape[1])
     if len(labels) != probs.shape[1]:
         raise MnasError(f"{ex.path}: its card names {len(labels)} classes, the model outputs {probs.shape[1]}")
     return _print_predictions(args, ex.name, labels, probs)
@@ -311,5 +320,5 @@ def _print_predictions(args: argparse.Namespace, name: str, labels: Any, probs: 
         for pr in preds:
             sys.stdout.write(f"{pr['image']}:\n")
             for t in pr["top"]:
-                sys.stdout.write(f"  {t['prob']:.4f}  {t['class']}\n")
+                sys.stdout.write(f"  {t['prob']:.4f}  {t['index']:>4}  {t['class']}\n")
     return 0

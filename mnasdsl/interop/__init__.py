@@ -1,7 +1,8 @@
-"""Interop: architectures and weights from timm, torchvision and TF block-string lists.
+"""Interop: architectures and weights from timm, torchvision, efficientnet_pytorch and TF block-string lists.
 
 ``archs`` turns other tools' architecture descriptions into `.mnas` text (no jax); ``statedict``
-reads weight files safely; ``weights`` maps PyTorch layouts onto the Flax backend's variables.
+reads weight files safely (``torch_legacy``: legacy .pth files without torch); ``weights`` maps
+PyTorch layouts onto the Flax backend's variables; ``packages`` finds weights that pip packages ship.
 """
 
 from __future__ import annotations
@@ -50,4 +51,5 @@ def write_model_dir(out: str | Path, model_def: ModelDef, spec_text: str, model:
             "weights": weights.name if weights else f"pretrained, through {model_def.source}",
             "sha256": file_sha256(weights) if weights else None, "tensors": tensors,
             "spec": f"{model_def.name}.mnas"}
-    return write_import(Path(out), f"{model_def.name}.mnas", spec_text, model, prov)
+    h, w, _ = model.lowered.input_shape
+    return write_import(Path(out), f"{model_def.name}.mnas", spec_text, model, prov, model_def.preprocess((h, w)))

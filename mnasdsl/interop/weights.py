@@ -168,8 +168,34 @@ def _tv_mobilenet_v2(low: LoweredNetwork) -> Iterator[Slot]:
             n += 1
 
 
+def _efficientnet_pytorch(low: LoweredNetwork) -> Iterator[Slot]:
+    """The efficientnet_pytorch layout (lukemelas' EfficientNet, and the EfficientNet-Lite ports of it):
+    ``_blocks.N`` counts every layer (repeats unrolled); BN ``_bn0`` after the stem, ``_bn1`` after the head."""
+    n = 0
+    for i, ly in enumerate(low.layers):
+        at = ("layers", i)
+        if ly.kind == "stem":
+            yield from _conv_bn("_conv_stem", "_bn0", at)
+        elif ly.kind == "head":
+            yield from _conv_bn("_conv_head", "_bn1", at)
+        elif ly.kind == "classifier":
+            yield Slot("_fc.weight", "params", ("classifier_kernel",), _linear)
+            yield Slot("_fc.bias", "params", ("classifier_bias",), _same)
+        else:
+            # Its squeeze-excite gates with swish where the language's uses ReLU: not the same network.
+            if ly.se or ly.skip == "pool" or ly.op == "cv":
+                raise _not_representable("efficientnet_pytorch", ly, "a block other than an MBConv without SE")
+            p = f"_blocks.{n}"
+            if ly.op == "mb":
+                yield from _conv_bn(f"{p}._expand_conv", f"{p}._bn0", (*at, "expand"))
+            yield from _conv_bn(f"{p}._depthwise_conv", f"{p}._bn1", (*at, "dw"), _dw)
+            yield from _conv_bn(f"{p}._project_conv", f"{p}._bn2", (*at, "project"))
+            n += 1
+
+
 SCHEMES: dict[str, Callable[[LoweredNetwork], Iterator[Slot]]] = {
-    "timm": _timm, "tv_mnasnet": _tv_mnasnet, "tv_mobilenet_v2": _tv_mobilenet_v2}
+    "timm": _timm, "tv_mnasnet": _tv_mnasnet, "tv_mobilenet_v2": _tv_mobilenet_v2,
+    "efficientnet_pytorch": _efficientnet_pytorch}
 
 
 def slots(low: LoweredNetwork, scheme: str) -> list[Slot]:
@@ -251,12 +277,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_import(out: Path, spec_name: str, spec_text: str, model: Any, provenance: dict[str, Any]) -> Path:
+def write_import(out: Path, spec_name: str, spec_text: str, model: Any, provenance: dict[str, Any],
+                 preprocess: dict[str, Any] | None = None) -> Path:
     """DIR = the spec, the weights (the Flax backend's params checkpoint, reached through
     ckpt.json as a training directory's are) and import.json. Assembled in a temporary directory
     beside DIR and renamed into place: a failure leaves nothing half-written, and an existing DIR
-    is replaced only when the new one is complete."""
+    is replaced only when the new one is complete. ``preprocess`` (the input the weights were
+    trained on) goes into the checkpoint's mnasdsl.json, where eval, predict, exports and
+    train --init look for it."""
     from ..backends.flax import save_params
+    from ..fsutil import atomic_write_text
 
     out = out.absolute()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "import.json").is_file())):
@@ -264,6 +294,11 @@ def write_import(out: Path, spec_name: str, spec_text: str, model: Any, provenan
     with staged_dir(out) as tmp:
         (tmp / spec_name).write_text(spec_text)
         save_params(model, tmp / "weights")
+        if preprocess is not None:
+            card = tmp / "weights" / "mnasdsl.json"
+            meta = json.loads(card.read_text())
+            meta["preprocess"] = preprocess
+            atomic_write_text(card, json.dumps(meta, indent=2) + "\n")
         (tmp / "ckpt.json").write_text(json.dumps({"latest": "weights"}, indent=1) + "\n")
         (tmp / "import.json").write_text(json.dumps(provenance, indent=1) + "\n")
     return out

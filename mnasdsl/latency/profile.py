@@ -114,19 +114,28 @@ CLOCKS = ("wall", "cpu")
 
 
 def single_thread_xla() -> bool:
-    """Ask XLA:CPU for one compute thread (needed for the ``cpu`` clock to mean latency).
-    Must run before the CPU backend starts; returns False when it already has."""
+    """Give XLA:CPU one compute thread, so that the ``cpu`` clock means latency. Must run before
+    the CPU backend starts; returns False when it already has.
+
+    XLA has no thread-count flag (a bare ``intra_op_parallelism_threads=1`` in ``XLA_FLAGS`` is
+    not one, and the parser drops it and every flag after it); it sizes its pool from the CPU
+    affinity, so the process is pinned to one of its allowed CPUs (the one it is running on)."""
     import os
 
     from jax._src import xla_bridge
 
     if getattr(xla_bridge, "_backends", None):
         return False
-    flags = os.environ.get("XLA_FLAGS", "")
-    for f in ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"):
-        if f.split("=")[0] not in flags:
-            flags = f"{flags} {f}".strip()
-    os.environ["XLA_FLAGS"] = flags
+    if hasattr(os, "sched_setaffinity"):
+        allowed = os.sched_getaffinity(0)
+        try:  # field 39 of /proc/self/stat: the CPU this process last ran on
+            with open("/proc/self/stat") as f:
+                here = int(f.read().rsplit(")", 1)[1].split()[36])
+        except (OSError, ValueError, IndexError):
+            here = -1
+        os.sched_setaffinity(0, {here if here in allowed else min(allowed)})
+    flags = [t for t in os.environ.get("XLA_FLAGS", "").split() if not t.startswith("--xla_cpu_multi_thread_eigen")]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, "--xla_cpu_multi_thread_eigen=false"])
     return True
 
 

@@ -10,7 +10,8 @@ canonical spec text. Kinds:
   labelled as such in every output.
 - ``zero-cost``: the gradient norm of the loss at initialization on a real batch, squashed into
   (0, 1); a proxy, compiled per network (the persistent XLA cache is on).
-- ``MODULE:FUNCTION``: a user's function ``f(network) -> float | dict`` (``acc`` key).
+- ``MODULE:FUNCTION``: a user's function ``f(network) -> float | dict`` (``acc`` key), imported with the
+  directory the search was started from first on the path, as ``python -m`` would (``EvalConfig.cwd``).
 - ``synthetic``: the additive per-decision objective of the controller benchmark (known optimum).
 """
 
@@ -20,6 +21,7 @@ import importlib
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ class EvalConfig:
     threads: int | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where a MODULE:FUNCTION plug-in is looked for first: the driver's working directory, recorded here
+    # because workers (spawned processes, Ray tasks) may start elsewhere and with another sys.path.
+    cwd: str | None = None
 
     @property
     def label(self) -> str | None:
@@ -67,14 +72,30 @@ def analytic_accuracy(macs: int, layers: int) -> float:
     return 1.0 - math.exp(-(math.sqrt(max(macs, 0) / 1e8) + layers / 20.0))
 
 
-def _plugin(target: str) -> Callable[[Network], Any]:
+def _cwd_on_path(cwd: str) -> None:
+    """Put ``cwd`` first on the import path, as ``python -m`` does, so ``--evaluator myeval:f`` finds
+    ``./myeval.py`` in the console script and in every worker. Idempotent: workers resolve per trial."""
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+
+
+def _plugin(target: str, cwd: str | None = None) -> Callable[[Network], Any]:
     mod, _, fn = target.partition(":")
     if not mod or not fn:
         raise MnasError(f"evaluator plug-in must be MODULE:FUNCTION, got {target!r}")
+    if cwd is not None:
+        _cwd_on_path(cwd)
     try:
         f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
+    except ModuleNotFoundError as e:
+        missing = e.name is not None and (mod == e.name or mod.startswith(f"{e.name}."))
+        where = f" (looked in {cwd}, then on sys.path)" if cwd and missing else ""
+        raise MnasError(f"cannot load evaluator {target!r}: {e}{where}") from None
+    except AttributeError as e:
         raise MnasError(f"cannot load evaluator {target!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a plug-in that fails to import is the user's error, not a crash
+        raise MnasError(f"cannot load evaluator {target!r}: importing {mod} raised {type(e).__name__}: {e}") from None
     if not callable(f):
         raise MnasError(f"evaluator {target!r} is not callable")
     return f  # type: ignore[no-any-return]
@@ -85,7 +106,7 @@ def check_config(cfg: EvalConfig) -> None:
     if cfg.kind not in KINDS and ":" not in cfg.kind:
         raise MnasError(f"unknown evaluator {cfg.kind!r} (choose from {', '.join(KINDS)} or MODULE:FUNCTION)")
     if ":" in cfg.kind:
-        _plugin(cfg.kind)
+        _plugin(cfg.kind, cfg.cwd)
     if cfg.kind == "proxy":
         from ..train import open_source
 
@@ -185,7 +206,7 @@ def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, net
         acc = float(res.val_acc)
         out["val_loss"] = float(res.val_loss)
     else:
-        r = _plugin(cfg.kind)(net)
+        r = _plugin(cfg.kind, cfg.cwd)(net)
         if isinstance(r, dict):
             acc = float(r["acc"])
             if "latency_ms" in r:

@@ -1,8 +1,10 @@
 """Where evaluations run: in the driver, in spawned local processes, or as Ray tasks.
 
-Local workers are started with ``spawn`` (forking after JAX has started can deadlock), each
-limited to its share of the CPU threads, with the persistent XLA compilation cache on. With
-Ray, each evaluation is a task with its CPU/GPU resources and the controller stays in the driver.
+Local workers are started with ``spawn`` (forking after JAX has started can deadlock), with the
+persistent XLA compilation cache on. Each of K workers is pinned to its own 1/K of the driver's
+allowed CPUs before JAX starts: XLA:CPU sizes its thread pool from the affinity mask and has no
+thread-count flag, so pinning is what keeps K workers from running K full pools on the same cores.
+With Ray, each evaluation is a task with its CPU/GPU resources and the controller stays in the driver.
 """
 
 from __future__ import annotations
@@ -42,20 +44,64 @@ class InlineExecutor(Executor):
             yield tid, status, payload
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-                               f" intra_op_parallelism_threads={threads}").strip()
+def cpu_shares(allowed: Sequence[int], workers: int) -> list[tuple[int, ...]]:
+    """Each worker's CPUs: contiguous, near-equal, disjoint slices of ``allowed``; with more workers
+    than CPUs, one CPU each, round-robin (oversubscribed, but one thread per worker)."""
+    cpus = sorted(allowed)
+    if not cpus or workers < 1:
+        raise ValueError(f"need CPUs and workers, got {len(cpus)} CPUs for {workers} workers")
+    if workers >= len(cpus):
+        return [(cpus[i % len(cpus)],) for i in range(workers)]
+    q, r = divmod(len(cpus), workers)
+    shares, start = [], 0
+    for i in range(workers):
+        size = q + (i < r)
+        shares.append(tuple(cpus[start:start + size]))
+        start += size
+    return shares
+
+
+def _allowed_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _set_xla_flag(flags: str, name: str, value: str) -> str:
+    """``flags`` with ``--name=value`` replacing any earlier setting of it. Every token must start
+    with ``--``: XLA's parser stops at the first one that does not and drops it and all after it."""
+    kept = [t for t in flags.split() if t.split("=", 1)[0] != f"--{name}"]
+    return " ".join([*kept, f"--{name}={value}"])
+
+
+def limit_threads(cpus: Sequence[int]) -> None:
+    """Confine this process to ``cpus`` before JAX starts: affinity (XLA:CPU sizes its pool from
+    it), OpenMP/BLAS thread counts, and XLA's single-threaded Eigen path when one CPU is left
+    (that flag alone does not shrink the pool in jax 0.10; the affinity does)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+    n = str(len(cpus))
+    os.environ["OMP_NUM_THREADS"] = n
+    os.environ["OPENBLAS_NUM_THREADS"] = n
+    if len(cpus) == 1:
+        os.environ["XLA_FLAGS"] = _set_xla_flag(os.environ.get("XLA_FLAGS", ""), "xla_cpu_multi_thread_eigen", "false")
+
+
+def _init_worker(shares: list[tuple[int, ...]], slot: Any) -> None:
+    """Runs first in every spawned worker; ``slot`` (a shared counter) gives each its own share."""
+    with slot.get_lock():
+        i = slot.value
+        slot.value += 1
+    limit_threads(shares[i % len(shares)])
 
 
 class ProcessExecutor(Executor):
     def __init__(self, cfg: EvalConfig, workers: int) -> None:
         self.cfg = cfg
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(threads,))
+        ctx = multiprocessing.get_context("spawn")
+        self.shares = cpu_shares(_allowed_cpus(), workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(self.shares, ctx.Value("i", 0)))
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
         futs: dict[Future[Any], int] = {
@@ -80,7 +126,7 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise MnasError("the ray executor needs the `ray` package (pip install ray)") from None
+            raise MnasError("--executor ray needs the `ray` package: pip install 'mnasdsl[ray]'") from None
         self.ray = ray
         self.cfg = cfg
         try:

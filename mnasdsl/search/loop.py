@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from ..space import Space
 from .controllers import Controller, make_controller
 from .evaluators import EvalConfig, check_config
 from .executors import make_executor
-from .storage import SCHEMA_VERSION, Store
+from .storage import _COLS, SCHEMA_VERSION, Store, _trial
 
 
 def reward(acc: float, latency_ms: float, target_ms: float, alpha: float, beta: float) -> float:
@@ -59,7 +60,7 @@ class SearchConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue the same search."""
         ev = asdict(self.evaluator)
-        for k in ("threads", "cache_dir"):
+        for k in ("threads", "cache_dir", "cwd"):  # where it runs, not what it computes
             ev.pop(k, None)
         return {"algo": self.algo, "alpha": self.alpha, "beta": self.beta, "target_ms": self.target_ms,
                 "population": self.population, "tournament": self.tournament, "round_size": self.rounds(),
@@ -80,9 +81,12 @@ class Summary:
     best: dict[str, Any] | None
     seconds: float
     trials_per_s: float
+    first_error: dict[str, Any] | None = None  # {"id", "spec", "error"} of the first failed trial in the database
 
 
 Progress = Callable[[int, int, float | None], None]
+# Called as each trial fails (trial id, canonical spec, error text), so a broken evaluator shows at once.
+FailureHook = Callable[[int, str, str], None]
 
 
 def arch_key(signature: tuple[object, ...]) -> str:
@@ -130,8 +134,9 @@ class _Latency:
 
 
 def run_search(space: Space, db: str | Path, cfg: SearchConfig, *, resume: bool = False,
-               progress: Progress | None = None) -> Summary:
-    """Run (or resume) a search until ``cfg.trials`` trials have finished."""
+               progress: Progress | None = None, on_failure: FailureHook | None = None) -> Summary:
+    """Run (or resume) a search until ``cfg.trials`` trials have finished. A failing trial never stops it:
+    it is recorded with its error and passed to ``on_failure``; ``Summary.first_error`` names the first."""
     if cfg.trials < 1:
         raise MnasError(f"--trials must be >= 1, got {cfg.trials}")
     if not cfg.target_ms > 0:
@@ -145,20 +150,23 @@ def run_search(space: Space, db: str | Path, cfg: SearchConfig, *, resume: bool 
         raise MnasError(f"{dbp}: nothing to resume (no such database)")
     store = Store(dbp, create=True)
     try:
-        return _run(space, store, cfg, resume, existed, progress)
+        return _run(space, store, cfg, resume, existed, progress, on_failure)
+    except sqlite3.DatabaseError as e:  # a damaged file (or a full disk) found after opening it
+        raise MnasError(f"{dbp}: search database error: {e}") from None
     finally:
         store.close()
 
 
 def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: bool,
-         progress: Progress | None) -> Summary:
+         progress: Progress | None, on_failure: FailureHook | None) -> Summary:
     space_text = format_ir(space.spec)
     ident = cfg.identity()
     kill = _KillSwitch(os.environ.get(KILL_ENV))
     finished = store.completed()
-    if existed and finished == 0:
-        # Nothing worth keeping (e.g. a start that failed on its first trial): start afresh, whatever
-        # the settings, rather than lock the database behind --resume.
+    if existed and store.counts().get("done", 0) == 0:
+        # Nothing worth keeping (a start that failed on its first trial, or a search whose every trial
+        # failed, say with a broken evaluator now fixed): start afresh, whatever the settings, rather than
+        # lock the database behind --resume or count the failures towards --trials.
         store.reset()
         resume = False
     elif existed and not resume:
@@ -185,14 +193,18 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
     executor = make_executor(cfg.executor, cfg.evaluator, cfg.workers, cfg.address)
     t0 = time.perf_counter()
     start_done = store.completed()
-    st = _State(store.total(), start_done, _best(store), progress, store.done_by_key())
+    st = _State(store.total(), start_done, _best(store), progress, store.done_by_key(), on_failure)
     deferred: list[Any] = []
     try:
         saved = store.latest_state()
         rnd = -1
         if saved is not None:
             rnd, phase, blob = saved
-            controller.load_state(blob)
+            try:
+                controller.load_state(blob)
+            except Exception as e:  # noqa: BLE001 - decoding a damaged blob fails in many ways
+                raise MnasError(f"{store.path}: corrupt search database: the controller state of round {rnd} "
+                                f"cannot be read ({type(e).__name__}: {e})") from None
             if phase == "proposed":
                 deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, {}, st, kill)
                 kill("between-rounds")
@@ -218,7 +230,7 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
     counts = store.counts()
     ran = store.completed() - start_done
     return Summary(store.total(), counts.get("done", 0), counts.get("failed", 0), st.best, dt,
-                   ran / dt if dt > 0 else 0.0)
+                   ran / dt if dt > 0 else 0.0, _first_error(store))
 
 
 @dataclass
@@ -228,6 +240,7 @@ class _State:
     best: dict[str, Any] | None
     progress: Progress | None
     by_key: dict[str, Any]
+    on_failure: FailureHook | None = None
 
     def tick(self) -> None:
         self.completed += 1
@@ -255,12 +268,21 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _best(store: Store) -> dict[str, Any] | None:
-    row = store.db.execute("SELECT id, spec, acc, latency_ms, reward FROM trials WHERE status='done' "
-                           "ORDER BY reward DESC, id LIMIT 1").fetchone()
+def _first_error(store: Store) -> dict[str, Any] | None:
+    row = store.db.execute(f"SELECT {_COLS} FROM trials WHERE status='failed' ORDER BY id LIMIT 1").fetchone()
     if row is None:
         return None
-    return {"id": row[0], "spec": row[1], "acc": row[2], "latency_ms": row[3], "reward": row[4]}
+    t = _trial(row, store.path)
+    return {"id": t.id, "spec": t.spec, "error": t.error or "evaluation failed"}
+
+
+def _best(store: Store) -> dict[str, Any] | None:
+    row = store.db.execute(f"SELECT {_COLS} FROM trials WHERE status='done' ORDER BY reward DESC, id "
+                           "LIMIT 1").fetchone()
+    if row is None:
+        return None
+    t = _trial(row, store.path)
+    return {"id": t.id, "spec": t.spec, "acc": t.acc, "latency_ms": t.latency_ms, "reward": t.reward}
 
 
 def _finish_round(store: Store, space: Space, controller: Controller, executor: Any, latency: _Latency,
@@ -285,6 +307,8 @@ def _finish_round(store: Store, space: Space, controller: Controller, executor: 
             st.best = {"id": tid, "spec": by_id[tid].spec, "acc": kw["acc"], "latency_ms": kw["latency_ms"],
                        "reward": reward_}
         st.tick()
+        if kw["status"] == "failed" and st.on_failure is not None:
+            st.on_failure(tid, by_id[tid].spec, kw.get("error") or "evaluation failed")
         kill("after-commit")
 
     for t in trials:

@@ -10,6 +10,7 @@ uninterrupted one would have done.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -81,9 +82,33 @@ _COLS = "id, round, slot, decisions, spec, arch_key, status, acc, latency_ms, pa
         "error, worker, eval_s"
 
 
-def _trial(row: tuple[Any, ...]) -> Trial:
+_STATUSES = ("pending", "done", "failed")
+# Columns 7.. of _COLS: acc, latency_ms, params, macs, reward, cached_from, error, worker, eval_s.
+_OPTIONAL = ((float,), (float,), (int,), (int,), (float,), (int,), (str,), (str,), (float,))
+
+
+def _trial(row: tuple[Any, ...], path: Path | str = "search database") -> Trial:
+    """A row as a Trial, checked: SQLite keeps whatever a damaged or hand-edited file holds, and a
+    string where a number belongs would otherwise surface as a TypeError deep inside a report."""
     r = list(row)
-    r[3] = json.loads(r[3])
+    try:
+        r[3] = json.loads(r[3])
+    except (TypeError, ValueError):
+        r[3] = None
+
+    def fits(v: Any, types: tuple[type, ...]) -> bool:
+        if isinstance(v, bool):
+            return False
+        if float in types and isinstance(v, int):
+            return True
+        return isinstance(v, types) and (not isinstance(v, float) or math.isfinite(v))
+
+    ok = (all(fits(v, (int,)) for v in r[:3]) and isinstance(r[3], list) and all(fits(d, (int,)) for d in r[3])
+          and isinstance(r[4], str) and isinstance(r[5], str) and r[6] in _STATUSES
+          and all(v is None or fits(v, t) for v, t in zip(r[7:], _OPTIONAL, strict=True))
+          and (r[6] != "done" or all(fits(v, (float,)) for v in (r[7], r[8], r[11]))))
+    if not ok:
+        raise MnasError(f"{path}: corrupt search database: trial {r[0]!r} is not a valid row")
     return Trial(*r)
 
 
@@ -111,8 +136,11 @@ class Store:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "trials", "controller"} <= tables:
             raise MnasError(f"{self.path}: not an mnasdsl search database (missing tables)")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(trials)")}
+        if not set(_COLS.split(", ")) <= columns:
+            raise MnasError(f"{self.path}: not an mnasdsl search database (the trials table lacks columns)")
         v = self.get_meta("schema_version")
-        if v is not None and int(v) != SCHEMA_VERSION:
+        if v is not None and v != SCHEMA_VERSION:
             raise MnasError(f"{self.path}: database schema version {v}, this mnasdsl reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -121,7 +149,12 @@ class Store:
     # -- metadata ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):
+            raise MnasError(f"{self.path}: corrupt search database: metadata `{key}` is not JSON") from None
 
     def set_meta(self, items: dict[str, Any]) -> None:
         with self.tx():
@@ -205,7 +238,7 @@ class Store:
         out: dict[str, Trial] = {}
         for r in self.db.execute(f"SELECT {_COLS} FROM trials WHERE status='done' AND cached_from IS NULL "
                                  "ORDER BY id"):
-            t = _trial(r)
+            t = _trial(r, self.path)
             out.setdefault(t.arch_key, t)
         return out
 
@@ -216,25 +249,25 @@ class Store:
         return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
 
     def round_trials(self, rnd: int) -> list[Trial]:
-        return [_trial(r) for r in self.db.execute(
+        return [_trial(r, self.path) for r in self.db.execute(
             f"SELECT {_COLS} FROM trials WHERE round=? ORDER BY slot", (rnd,))]
 
     def cached(self, arch_key: str) -> Trial | None:
         row = self.db.execute(
             f"SELECT {_COLS} FROM trials WHERE arch_key=? AND status='done' AND cached_from IS NULL "
             "ORDER BY id LIMIT 1", (arch_key,)).fetchone()
-        return None if row is None else _trial(row)
+        return None if row is None else _trial(row, self.path)
 
     def trials(self, status: str | None = None) -> list[Trial]:
         if status is None:
             rows = self.db.execute(f"SELECT {_COLS} FROM trials ORDER BY id")
         else:
             rows = self.db.execute(f"SELECT {_COLS} FROM trials WHERE status=? ORDER BY id", (status,))
-        return [_trial(r) for r in rows]
+        return [_trial(r, self.path) for r in rows]
 
     def iter_done(self) -> Iterator[Trial]:
         for r in self.db.execute(f"SELECT {_COLS} FROM trials WHERE status='done' ORDER BY id"):
-            yield _trial(r)
+            yield _trial(r, self.path)
 
 
 class _Tx:

@@ -130,3 +130,45 @@ def find_meta(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
         if (cand / "meta.json").is_file():
             return read_meta(cand)
     return None
+
+
+def find_preprocess(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """How the weights behind ``ckpt`` expect their input: ``{"mean", "std"}`` per channel in 0..255
+    units (plus ``size``/``crop`` when known), from a training run's metadata or an import's
+    ``mnasdsl.json``. None when neither says (weights trained by mnasdsl before this was recorded)."""
+    meta = find_meta(ckpt)
+    if meta is not None and isinstance(meta.get("preprocess"), dict):
+        return dict(meta["preprocess"])
+    from ..backends.flax import resolve_ckpt_dir
+
+    try:
+        params = resolve_ckpt_dir(ckpt)
+    except MnasError:
+        return None
+    for cand in (params.parent, params):
+        card = cand / "mnasdsl.json"
+        if card.is_file():
+            try:
+                pre = json.loads(card.read_text()).get("preprocess")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return dict(pre) if isinstance(pre, dict) else None
+    return None
+
+
+def norm_of(preprocess: dict[str, Any] | None, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) arrays of a preprocess record, validated against the channel count."""
+    if preprocess is None:
+        return None
+    try:
+        mean = np.asarray(preprocess["mean"], np.float32).reshape(-1)
+        std = np.asarray(preprocess["std"], np.float32).reshape(-1)
+    except (KeyError, TypeError, ValueError):
+        raise MnasError(f"invalid preprocess record {preprocess!r}: needs numeric mean and std") from None
+    if mean.size == 1:
+        mean = np.full(channels, mean[0], np.float32)
+    if std.size == 1:
+        std = np.full(channels, std[0], np.float32)
+    if mean.size != channels or std.size != channels or np.any(std <= 0):
+        raise MnasError(f"invalid preprocess record: {channels} channels need {channels} means and positive stds")
+    return mean, std

@@ -266,7 +266,10 @@ def _check_classes(root: Path, classes: list[str], items: list[tuple[str, str]])
 
 def digits() -> DataSource:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no download)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise MnasError("the `digits` data set ships with scikit-learn: pip install 'mnasdsl[digits]'") from None
 
     d = load_digits()
     images = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
@@ -299,6 +302,14 @@ def open_source(source: str | DataSource) -> DataSource:
         if n < 2:
             raise MnasError(f"bad data source {source!r}: N must be >= 2")
         return synthetic(n, max(2, n // 8))
+    if not Path(source).exists():  # neither a directory nor a built-in: name the built-ins, guess a typo
+        import difflib
+
+        name, colon, n_part = source.partition(":")
+        guess = difflib.get_close_matches(name.lower(), ("digits", "synthetic"), n=1, cutoff=0.6)
+        hint = f"did you mean `{guess[0]}{colon + n_part if guess[0] == 'synthetic' else ''}`? " if guess else ""
+        raise MnasError(f"{source}: data directory does not exist ({hint}built-in sources: `digits`, `synthetic`, "
+                        "`synthetic:N`)")
     return image_folder(source)
 
 

@@ -9,9 +9,12 @@ inside jit and the whole state can be checkpointed and restored bit for bit.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import io
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from ..formatter import format as format_ir
 from ..ir import Network
 from ..lowering import lower
 from . import checkpoint as ck
-from .data import Batch, DataSource, Loader, Split, norm_stats, open_source
+from .data import EVAL_CROP, Batch, DataSource, Loader, Split, norm_stats, open_source
 from .recipes import Recipe, ema_decay_at, make_recipe
 
 RECALIBRATE_BELOW_EPOCHS = 5  # default: recalibrate BN statistics for runs shorter than this, or shorter
@@ -107,7 +110,8 @@ class Trainer:
 
     def __init__(self, network: Network, *, recipe: str, batch: int, steps_per_epoch: int, epochs: int,
                  seed: int, lr: float | None = None, devices: int | None = None,
-                 init: str | Path | None = None) -> None:
+                 init: str | Path | None = None, norm: tuple[np.ndarray, np.ndarray] | None = None,
+                 freeze_backbone: bool = False) -> None:
         from ..backends.flax import build
 
         self.network, self.seed, self.batch = network, seed, batch
@@ -127,6 +131,12 @@ class Trainer:
         self.graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         self.recipe: Recipe = make_recipe(recipe, batch=batch, steps_per_epoch=steps_per_epoch, epochs=epochs,
                                           wd_mask=weight_decay_mask(model, params), lr=lr)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:  # only the classifier learns; every other parameter gets a zero update
+            labels = jax.tree_util.tree_map_with_path(
+                lambda path, _: "train" if "classifier" in jax.tree_util.keystr(path) else "frozen", params)
+            self.recipe = dataclasses.replace(self.recipe, tx=optax.multi_transform(
+                {"train": self.recipe.tx, "frozen": optax.set_to_zero()}, labels))
         ema = {"params": params, "batch_stats": batch_stats} if self.recipe.ema_decay else None
         state = {"params": params, "batch_stats": batch_stats, "rest": rest,
                  "opt": jax.jit(self.recipe.tx.init)(params), "ema": ema, "step": jnp.zeros((), jnp.int32)}
@@ -142,7 +152,7 @@ class Trainer:
         if n_bn != len(_bn_paths(recal)):
             raise MnasError("BN recalibration: a BatchNorm of this backend has no `momentum` to set")
         self.recal_graphdef = nnx.split(recal, nnx.Param, nnx.BatchStat, ...)[0]
-        mean, std = norm_stats(network.input[2])
+        mean, std = norm if norm is not None else norm_stats(network.input[2])
         self._mean, self._std = mean, std
         self._compile()
 
@@ -154,6 +164,9 @@ class Trainer:
     def _compile(self) -> None:
         gd, recipe, classes = self.graphdef, self.recipe, self.network.classes
         normalize = self._normalize
+        # A frozen backbone runs in eval mode: BN reads its running statistics and never updates them
+        # (so the backbone stays bit-identical), and dropout is off.
+        train_mode = not self.freeze_backbone
 
         def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array,
                        mask: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
@@ -165,7 +178,7 @@ class Trainer:
 
             def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any, Any]]:
                 model = nnx.merge(gd, params, state["batch_stats"], state["rest"], copy=True)
-                logits = model(x, train=True)
+                logits = model(x, train=train_mode)
                 loss = (optax.softmax_cross_entropy(logits, targets) * mask).sum() / count
                 return loss, (logits, nnx.state(model, nnx.BatchStat), nnx.state(model, nnx.Not(
                     nnx.Any(nnx.Param, nnx.BatchStat))))
@@ -177,7 +190,8 @@ class Trainer:
             if ema is not None:
                 d = ema_decay_at(recipe.ema_decay, state["step"])
                 new = {"params": params, "batch_stats": batch_stats}
-                ema = jax.tree.map(lambda e, v: d * e + (1.0 - d) * v, ema, new)
+                # e + (1-d)(v-e): the same average, and exactly e where v did not move (a frozen backbone)
+                ema = jax.tree.map(lambda e, v: e + (1.0 - d) * (v - e), ema, new)
             correct = ((jnp.argmax(logits, -1) == labels) * mask).sum()
             new_state = {"params": params, "batch_stats": batch_stats, "rest": rest, "opt": opt, "ema": ema,
                          "step": state["step"] + 1}
@@ -281,10 +295,60 @@ def _stderr_log(msg: str) -> None:
     sys.stderr.flush()
 
 
+def _leave_nothing_on_error(run: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """A run that fails (or is interrupted) before it saves an epoch removes what it made: the TensorBoard
+    events in OUT/tb/, and OUT/tb/ and OUT themselves when it created them, so an error leaves nothing that
+    was not there. Once an epoch is saved everything stays: --resume continues from it."""
+
+    @functools.wraps(run)
+    def guarded(network: Network, data: str | DataSource, **kw: Any) -> TrainResult:
+        if kw.get("out") is None:
+            return run(network, data, **kw)
+        out = Path(kw["out"])
+        tb = out / "tb"
+        try:
+            made = [d for d in (out, *out.parents) if not d.exists()]  # what mkdir -p will create, deepest first
+            tb_before = set(tb.iterdir()) if tb.is_dir() else None
+            saved_before = ck.epoch_dirs(out)
+        except OSError:  # an unreadable OUT: the run reports it
+            return run(network, data, **kw)
+        try:
+            return run(network, data, **kw)
+        except BaseException:
+            try:
+                if ck.epoch_dirs(out) == saved_before:
+                    _remove_new(tb, tb_before, made)
+            except OSError:
+                pass  # never hide the run's own error behind a cleanup failure
+            raise
+
+    return guarded
+
+
+def _remove_new(tb: Path, tb_before: set[Path] | None, made: list[Path]) -> None:
+    if tb.is_dir():
+        for p in tb.iterdir():
+            if tb_before is not None and p in tb_before:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        if tb_before is None:
+            tb.rmdir()
+    for d in made:  # only empty ones: whatever else appeared there is not this run's to delete
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+@_leave_nothing_on_error
 def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 64, recipe: str = "adam",
         seed: int = 0, out: str | Path | None = None, lr: float | None = None, resume: bool = False,
         recalibrate_bn: bool | None = None, verbose: bool = False, devices: int | None = None,
-        workers: int | None = None, log: Log | None = None, init: str | Path | None = None) -> TrainResult:
+        workers: int | None = None, log: Log | None = None, init: str | Path | None = None,
+        freeze_backbone: bool = False) -> TrainResult:
     """Train ``network`` on ``data`` (a DataSource or `digits` / `synthetic` / an ImageFolder path).
 
     With ``out`` None nothing touches disk (the search's proxy evaluator); otherwise every epoch
@@ -316,16 +380,29 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
     tb = max(n_dev, min(batch, n_train) // n_dev * n_dev)  # the batch actually used (one compiled shape)
     steps = n_train // tb
     out_dir = Path(out) if out is not None else None
-    if recalibrate_bn is None:  # running averages lag for a window of ~1/(1-momentum) steps
+    if freeze_backbone:  # the backbone's BN statistics are part of what is frozen
+        if recalibrate_bn:
+            raise MnasError("--recalibrate-bn would change the frozen backbone's BN statistics")
+        recal = False
+    elif recalibrate_bn is None:  # running averages lag for a window of ~1/(1-momentum) steps
         recal = epochs < RECALIBRATE_BELOW_EPOCHS or steps * epochs < 20 / (1.0 - network.bn_momentum)
     else:
         recal = recalibrate_bn
 
     spec = format_ir(network)
+    # The input normalization: what the --init weights expect (an import's TF-style 127/128), what a
+    # resumed run used, else mnasdsl's default. It is recorded so eval, predict and exports apply it.
+    h0, w0, c0 = network.input
+    norm = ck.norm_of(ck.find_preprocess(init), c0) if init is not None and not resume else None
+    if resume and out_dir is not None and ck.epoch_dirs(out_dir):
+        norm = ck.norm_of(ck.read_meta(ck.epoch_dirs(out_dir)[-1][1]).get("preprocess"), c0)
+    mean0, std0 = norm if norm is not None else norm_stats(c0)
     run_meta = {"spec": spec, "network": network.name, "classes": list(source.class_names), "recipe": recipe,
                 "batch": tb, "seed": seed, "lr": lr, "data": _data_id(source.name),
                 "data_size": [n_train, len(source.val)], "epochs": epochs, "input": list(network.input),
-                "signature": repr(lower(network).signature())}
+                "signature": repr(lower(network).signature()), "freeze_backbone": freeze_backbone,
+                "preprocess": {"size": [h0, w0], "crop": EVAL_CROP, "mean": [float(v) for v in mean0],
+                               "std": [float(v) for v in std0]}}
     start_epoch, history = 0, []
     if out_dir is not None:
         ck.check_writable(out_dir)
@@ -341,14 +418,15 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
             raise MnasError(f"{out_dir}: nothing to resume (no completed epoch checkpoint)")
         meta = ck.read_meta(existing[-1][1])
         _check_same_data(meta, run_meta, out_dir)
-        for key in ("signature", "classes", "recipe", "batch", "seed", "lr", "input"):
-            if meta.get(key) != run_meta[key]:
+        for key in ("signature", "classes", "recipe", "batch", "seed", "lr", "input", "freeze_backbone"):
+            if meta.get(key, False if key == "freeze_backbone" else None) != run_meta[key]:  # older runs: unfrozen
                 what = "network" if key == "signature" else key
                 raise MnasError(f"{existing[-1][1]}: incompatible checkpoint: its {what} differs from this run's "
                                 f"({_short(meta.get(key))} vs {_short(run_meta[key])})")
 
     trainer = Trainer(network, recipe=recipe, batch=tb, steps_per_epoch=steps, epochs=epochs, seed=seed, lr=lr,
-                      devices=devices, init=None if resume else init)
+                      devices=devices, init=None if resume else init, norm=(mean0, std0),
+                      freeze_backbone=freeze_backbone)
     if init is not None and not resume:
         log(f"initialized from {init}" + (f" (fresh: {', '.join(trainer.fresh_from_init)})"
                                           if trainer.fresh_from_init else ""))
@@ -369,9 +447,12 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
 
     writer = None
     if out_dir is not None:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # optional: metrics.csv and curves.png carry the same numbers
+            log("no TensorBoard events (tb/): pip install 'mnasdsl[tensorboard]' for them")
+        else:
+            writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
     log(f"training {network.name} on {source.name}: {n_train} train / {len(source.val)} val images, "
         f"{source.num_classes} classes, batch {tb} x {steps} steps, recipe {recipe}, {trainer.n_dev} device(s)")
 
@@ -384,7 +465,7 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
                             seed=seed, epoch=epoch, workers=workers)
             t0 = time.perf_counter()
             totals, first_done, t_first, n_timed = [], False, t0, 0
-            with _progress(verbose, f"epoch {epoch + 1}/{epochs}", len(loader)) as advance:
+            with _progress(verbose, f"epoch {epoch + 1}/{epochs}", len(loader), tb) as advance:
                 pending: dict[str, jax.Array] | None = None
                 for i, b in enumerate(loader):
                     m = trainer.step(b)
@@ -518,10 +599,14 @@ def _check_finite(m: dict[str, jax.Array], epoch: int, step: int, out: Path | No
 
 
 class _progress:
-    """A rich progress bar on stderr (step, loss, images/s) when verbose; a no-op otherwise."""
+    """A rich progress bar on stderr (step, loss, images/s) when verbose; a no-op otherwise.
 
-    def __init__(self, enabled: bool, desc: str, total: int) -> None:
-        self.enabled, self.desc, self.total = enabled, desc, total
+    ``advance`` is called once a step's loss is known; images/s counts from the first call on, so the
+    first step's XLA compile (seconds, against milliseconds per step) never drags the rate down.
+    """
+
+    def __init__(self, enabled: bool, desc: str, total: int, batch: int) -> None:
+        self.enabled, self.desc, self.total, self.batch = enabled, desc, total, batch
         self._p: Any = None
 
     def __enter__(self) -> Callable[[float], None]:
@@ -535,13 +620,16 @@ class _progress:
                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         self._p.start()
         task = self._p.add_task(self.desc, total=self.total, loss="-", ips="-")
-        t0 = time.perf_counter()
-        done = [0]
+        done, t_first = [0], [0.0]
 
         def advance(loss: float) -> None:
             done[0] += 1
-            dt = time.perf_counter() - t0
-            self._p.update(task, advance=1, loss=f"{loss:.4f}", ips=f"{done[0] / dt:.1f}" if dt > 0 else "-")
+            now = time.perf_counter()
+            if done[0] == 1:
+                t_first[0] = now
+            dt = now - t_first[0]
+            ips = f"{(done[0] - 1) * self.batch / dt:.1f}" if dt > 0 else "-"
+            self._p.update(task, advance=1, loss=f"{loss:.4f}", ips=ips)
 
         return advance
 
@@ -596,10 +684,12 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def evaluate_model(model: nnx.Module, split: Split, *, size: tuple[int, int], channels: int,
-                   batch: int = 128, workers: int | None = None) -> dict[str, float]:
-    """Top-1/top-5 accuracy and loss of a model over a split (eval transform)."""
+                   batch: int = 128, workers: int | None = None,
+                   norm: tuple[Any, Any] | None = None) -> dict[str, float]:
+    """Top-1/top-5 accuracy and loss of a model over a split (eval transform). ``norm`` is the
+    (mean, std) the weights expect, in 0..255 units (default: what mnasdsl's training uses)."""
     graphdef, state = nnx.split(model)
-    mean, std = norm_stats(channels)
+    mean, std = norm if norm is not None else norm_stats(channels)
 
     @jax.jit
     def step(state: Any, images: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -610,8 +700,23 @@ def evaluate_model(model: nnx.Module, split: Split, *, size: tuple[int, int], ch
     return _finish([step(state, b.images, b.labels, b.mask) for b in loader])
 
 
-def predict_images(model: nnx.Module, images: np.ndarray, channels: int) -> np.ndarray:
-    """Class probabilities (N, classes) for uint8 NHWC images."""
-    mean, std = norm_stats(channels)
-    logits = model((jnp.asarray(images, jnp.float32) - mean) / std, train=False)
-    return np.asarray(jax.nn.softmax(logits, -1))
+QUICK_PREDICT_IMAGES = 4  # up to this many, predict compiles for compile time (see quick_compile_fn)
+
+
+def predict_images(model: nnx.Module, images: np.ndarray, channels: int,
+                   norm: tuple[Any, Any] | None = None) -> np.ndarray:
+    """Class probabilities (N, classes) for uint8 NHWC images, in one compiled forward (run eagerly,
+    the network would compile each of its few hundred ops on its own: seconds per image)."""
+    mean, std = norm if norm is not None else norm_stats(channels)
+    x = (jnp.asarray(images, jnp.float32) - mean) / std
+    if len(images) <= QUICK_PREDICT_IMAGES:  # compiling is most of the time: compile for that
+        from ..backends.flax import quick_compile_fn
+
+        return np.asarray(jax.nn.softmax(quick_compile_fn(model)(x), -1))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def probs(state: Any, x: jax.Array) -> jax.Array:
+        return jax.nn.softmax(nnx.merge(graphdef, state)(x, train=False), -1)
+
+    return np.asarray(probs(state, x))
