@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from torch_peer import TorchPeer
+from torch_peer import TorchPeer, timer
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (("forward_b1", "forward, batch 1"), ("forward_b32", "forward, batch 32"),
@@ -71,24 +71,6 @@ for line in sys.stdin:
 """
 
 
-def _timer(fn: Callable[[], object], warm: int) -> Callable[[int], list[float]]:
-    """A row: ``reps -> per-rep milliseconds``, warming up on first use."""
-    pending = [warm]
-
-    def run(reps: int) -> list[float]:
-        for _ in range(pending[0]):
-            fn()
-        pending[0] = 0
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return ts
-
-    return run
-
-
 def flax_side() -> tuple[dict[str, float | int | str], dict[str, Callable[[int], list[float]]]]:
     import jax
     import optax
@@ -108,7 +90,7 @@ def flax_side() -> tuple[dict[str, float | int | str], dict[str, Callable[[int],
         t = time.perf_counter()
         compiled = infer.lower(x).compile()
         info[f"compile_b{b}_s"] = time.perf_counter() - t
-        rows[f"forward_b{b}"] = _timer(lambda c=compiled, x=x: c(x).block_until_ready(), warm=2)
+        rows[f"forward_b{b}"] = timer(lambda c=compiled, x=x: c(x).block_until_ready(), warm=2)
 
     # One training step: forward in train mode (batch BN statistics, dropout), backward, RMSProp
     # with TF's MnasNet settings, all under one nnx.jit.
@@ -129,7 +111,7 @@ def flax_side() -> tuple[dict[str, float | int | str], dict[str, Callable[[int],
     t = time.perf_counter()
     step(model, optimizer, x, y).block_until_ready()
     info["compile_train_s"] = time.perf_counter() - t
-    rows["train_b32"] = _timer(lambda: step(model, optimizer, x, y).block_until_ready(), warm=1)
+    rows["train_b32"] = timer(lambda: step(model, optimizer, x, y).block_until_ready(), warm=1)
     return info, rows
 
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch_peer import TorchPeer
+from torch_peer import TorchPeer, timer
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "mnasnet-a1.mnas"
@@ -140,24 +140,6 @@ class Row:
         self.skipped.setdefault(batch, why)
 
 
-def _timer(fn: Callable[[], object], warm: int) -> Callable[[int], list[float]]:
-    """A row: ``reps -> per-rep milliseconds``, warming up on first use."""
-    pending = [warm]
-
-    def run(reps: int) -> list[float]:
-        for _ in range(pending[0]):
-            fn()
-        pending[0] = 0
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return ts
-
-    return run
-
-
 def _why(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
@@ -204,11 +186,11 @@ def mnasdsl_rows(batches: list[int], threads: int, info: dict[str, object]) -> l
         t = time.perf_counter()
         c = embedded.lower(x).compile()
         setup[f"xla_embedded_b{b}"] = time.perf_counter() - t
-        by_key["xla_embedded"].timers[b] = _timer(lambda c=c, x=x: c(x).block_until_ready(), _warm(b))
+        by_key["xla_embedded"].timers[b] = timer(lambda c=c, x=x: c(x).block_until_ready(), _warm(b))
         t = time.perf_counter()
         c = as_args.lower(state, x).compile()
         setup[f"xla_args_b{b}"] = time.perf_counter() - t
-        by_key["xla_args"].timers[b] = _timer(lambda c=c, x=x: c(state, x).block_until_ready(), _warm(b))
+        by_key["xla_args"].timers[b] = timer(lambda c=c, x=x: c(state, x).block_until_ready(), _warm(b))
         ref = np.asarray(embedded(x))
 
         try:
@@ -221,7 +203,7 @@ def mnasdsl_rows(batches: list[int], threads: int, info: dict[str, object]) -> l
                 m = tl.load(f32, threads=th, name=f"a1_b{b}.tflite")
                 if th == lite_threads[0]:
                     info[f"litert_f32_maxdiff_b{b}"] = float(np.max(np.abs(m.run(x_np) - ref)))
-                by_key[f"litert_f32_t{th}"].timers[b] = _timer(m.invoker(), _warm(b))
+                by_key[f"litert_f32_t{th}"].timers[b] = timer(m.invoker(), _warm(b))
             try:
                 t = time.perf_counter()
                 calib = [np.random.default_rng(i).standard_normal((b, 224, 224, 3), np.float32)
@@ -230,7 +212,7 @@ def mnasdsl_rows(batches: list[int], threads: int, info: dict[str, object]) -> l
                 setup[f"litert_int8_quantize_b{b}"] = time.perf_counter() - t
                 for th in lite_threads:
                     m = tl.load(i8, threads=th, name=f"a1_b{b}_int8.tflite")
-                    by_key[f"litert_int8_t{th}"].timers[b] = _timer(m.invoker(), _warm(b))
+                    by_key[f"litert_int8_t{th}"].timers[b] = timer(m.invoker(), _warm(b))
             except Exception as e:  # noqa: BLE001 - a row that cannot run is reported, not fatal
                 for th in lite_threads:
                     by_key[f"litert_int8_t{th}"].skip(b, _why(e))
@@ -246,7 +228,7 @@ def mnasdsl_rows(batches: list[int], threads: int, info: dict[str, object]) -> l
             om = load_onnx(to_onnx(folded, batch=b), intra_op_num_threads=threads, name=f"a1_b{b}.onnx")
             setup[f"ort_export_load_b{b}"] = time.perf_counter() - t
             info[f"ort_maxdiff_b{b}"] = float(np.max(np.abs(om.run(x_np) - ref)))
-            by_key["ort"].timers[b] = _timer(lambda om=om, x=x_np: om.run(x), _warm(b))
+            by_key["ort"].timers[b] = timer(lambda om=om, x=x_np: om.run(x), _warm(b))
         except Exception as e:  # noqa: BLE001
             by_key["ort"].skip(b, _why(e))
     return rows

@@ -1,10 +1,13 @@
 """The PyTorch side of a benchmark: a script in the benchmark-only interpreter, kept running beside
-ours and answering one JSON line per request line, so the two sides can take turns."""
+ours and answering one JSON line per request line, so the two sides can take turns; and the timed
+row both sides' rows are built from."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,3 +37,22 @@ class TorchPeer:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait()
+
+
+def timer(fn: Callable[[], object], warm: int) -> Callable[[int], list[float]]:
+    """A benchmark row: ``reps -> per-rep milliseconds``, warming up on first use (shared by the
+    alternating-rounds benchmarks, whichever side a row runs on)."""
+    pending = [warm]
+
+    def run(reps: int) -> list[float]:
+        for _ in range(pending[0]):
+            fn()
+        pending[0] = 0
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) * 1e3)
+        return ts
+
+    return run

@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public measurements not found at {SHARED_DATA} (the ../shared/data folder beside the repo)")
     return SHARED_DATA
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``mnasdsl ARGV`` in-process: (exit code, stdout, stderr); argparse's SystemExit is a code."""
+    from mnasdsl.cli.main import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = int(e.code or 0)
+    out = capsys.readouterr()
+    return rc, out.out, out.err

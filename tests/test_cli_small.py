@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from mnasdsl.cli.main import main
-
 from .conftest import SPECS
+from .conftest import run_cli as run
 
 A1 = str(SPECS / "mnasnet-a1.mnas")
 SPACE = str(SPECS / "spaces" / "mnasnet.mnas")
@@ -30,13 +29,6 @@ TINY = textwrap.dedent("""\
     """)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:  # argparse usage errors
-        rc = int(e.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mnasdsl.cli.main import main
 from mnasdsl.diagnostics import MnasError
 from mnasdsl.parser import parse
+
+from .conftest import run_cli as run
 
 BASE = """\
 network tiny:
@@ -33,13 +34,6 @@ def errors(text: str) -> list[str]:
     return [d.render(text) for d in ei.value.diagnostics]
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = int(e.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def test_bases_are_valid() -> None:

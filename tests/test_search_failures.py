@@ -14,24 +14,18 @@ from typing import Any
 import pytest
 
 import mnasdsl
-from mnasdsl.cli.main import build_parser, main
+from mnasdsl.cli.main import build_parser
 from mnasdsl.search.evaluators import EvalConfig, check_config, evaluate
 from mnasdsl.search.loop import SearchConfig, run_search
 from mnasdsl.search.report import plot, summarize
 
 from .conftest import ROOT, SPECS
+from .conftest import run_cli as run
 
 SPACE = str(SPECS / "spaces" / "mnasnet.mnas")
 PAPER = mnasdsl.load_space(SPACE)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = int(e.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def search(capsys: pytest.CaptureFixture[str], db: Path, evaluator: str, trials: int = 5, *extra: str

@@ -226,6 +226,21 @@ def convert(net: FoldedNetwork, batch: int = 1) -> bytes:
     return data
 
 
+# Inputs a LiteRT kernel may go without (-1 in the flatbuffer): the bias of the convolutions and of the
+# fully connected layer. The kernels dereference any other absent input unchecked: a damaged file with one
+# crashes the interpreter (SIGSEGV) instead of failing to prepare.
+_OPTIONAL_INPUTS = {"CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "FULLY_CONNECTED": {2}, "TRANSPOSE_CONV": {3}}
+
+
+def _missing_input(interp: Any) -> str | None:
+    """The first operator lacking an input its kernel needs, described; None when there is none."""
+    for d in interp._get_ops_details():  # noqa: SLF001 - the only op listing the wheel has
+        for i, t in enumerate(d["inputs"]):
+            if t < 0 and i not in _OPTIONAL_INPUTS.get(d["op_name"], ()):
+                return f"operator {d['index']} ({d['op_name']}) lacks its input {i}"
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
@@ -270,25 +285,19 @@ FP16_RECIPE = [{
     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
                   "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
 }]
-INT8_RECIPE = [{
-    "regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
-    "op_config": {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
-                                               "dtype": "INT"},
-                  "weight_tensor_config": {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE",
-                                           "dtype": "INT"},
-                  "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
-                  "min_weight_elements": 0},
-}, {
-    # The SE layers' small dense weights per tensor: per-channel parameters (a float scale and an
-    # int64 zero point per output) would cost more bytes there than the int8 weights themselves.
-    "regex": ".*", "operation": "FULLY_CONNECTED", "algorithm_key": "min_max_uniform_quantize",
-    "op_config": {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
-                                               "dtype": "INT"},
-                  "weight_tensor_config": {"num_bits": 8, "symmetric": True, "granularity": "TENSORWISE",
-                                           "dtype": "INT"},
-                  "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
-                  "min_weight_elements": 0},
-}]
+def _int8_entry(operation: str, weight_granularity: str) -> dict[str, Any]:
+    return {"regex": ".*", "operation": operation, "algorithm_key": "min_max_uniform_quantize",
+            "op_config": {"activation_tensor_config": {"num_bits": 8, "symmetric": False,
+                                                       "granularity": "TENSORWISE", "dtype": "INT"},
+                          "weight_tensor_config": {"num_bits": 8, "symmetric": True,
+                                                   "granularity": weight_granularity, "dtype": "INT"},
+                          "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
+                          "min_weight_elements": 0}}
+
+
+# Conv weights per channel; the SE layers' small dense weights per tensor: per-channel parameters (a
+# float scale and an int64 zero point per output) would cost more bytes there than the weights.
+INT8_RECIPE = [_int8_entry("*", "CHANNELWISE"), _int8_entry("FULLY_CONNECTED", "TENSORWISE")]
 
 
 def quantize_fp16(data: bytes, *, strip: bool = True) -> bytes:
@@ -346,11 +355,14 @@ class LiteRTModel:
         input is quantized and its output dequantized with the scales stored in the model."""
         if tuple(x.shape) != self.input_shape:
             raise MnasError(f"{self.source}: expects input {list(self.input_shape)}, got {list(x.shape)}")
-        x = _quantize_io(np.asarray(x, np.float32), self.runner.get_input_details()[self.input_name])
-        with _quiet_fd2():  # the first call creates the XNNPACK delegate, which logs from C++
-            out = self.runner(**{self.input_name: x})
-        y = np.array(out[self.output_name], copy=True)
-        return _dequantize_io(y, self.runner.get_output_details()[self.output_name])
+        try:  # a damaged file can load, then fail to allocate, to invoke, or to name its tensors
+            x = _quantize_io(np.asarray(x, np.float32), self.runner.get_input_details()[self.input_name])
+            with _quiet_fd2():  # the first call creates the XNNPACK delegate, which logs from C++
+                out = self.runner(**{self.input_name: x})
+            y = np.array(out[self.output_name], copy=True)
+            return _dequantize_io(y, self.runner.get_output_details()[self.output_name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # TypeError: pybind11 on a bad tensor index
+            raise MnasError(f"{self.source}: the TFLite model does not run: {_first_line(e)}") from None
 
     def invoker(self) -> Callable[[], None]:
         """A zero-argument call running one inference on a fixed random input, in an interpreter of
@@ -419,8 +431,11 @@ def load(model: bytes | str | os.PathLike[str], *, threads: int = 1, name: str |
         with _quiet_fd2():
             interp = interp_cls(model_content=content, num_threads=threads)
             sigs = interp.get_signature_list()
+            missing = _missing_input(interp)
     except Exception as e:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError on bad flatbuffers
         raise MnasError(f"{source}: not a loadable TFLite model: {_first_line(e)}") from None
+    if missing:
+        raise MnasError(f"{source}: not a loadable TFLite model: {missing}")
     if SIGNATURE not in sigs:
         raise MnasError(f"{source}: no `{SIGNATURE}` signature (has {sorted(sigs) or 'none'}); not a mnasdsl export")
     ins, outs = sigs[SIGNATURE]["inputs"], sigs[SIGNATURE]["outputs"]

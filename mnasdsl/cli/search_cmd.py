@@ -129,7 +129,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         from ..search.synthetic import make_table
 
         extra["table"] = make_table(space.num_choices, args.seed)
-    cache = str(Path(args.db).resolve().parent / ".xla-cache")
+    cache = str(Path(os.path.realpath(args.db)).parent / ".xla-cache")  # realpath: a symlink loop is no crash
     # A MODULE:FUNCTION plug-in is imported with this directory first on the path, as `python -m` would
     # (unless PYTHONSAFEPATH / -P asks not to), here and in every worker, whatever their own directory.
     cwd = None if sys.flags.safe_path else os.getcwd()

@@ -151,7 +151,7 @@ def run_search(space: Space, db: str | Path, cfg: SearchConfig, *, resume: bool 
     store = Store(dbp, create=True)
     try:
         return _run(space, store, cfg, resume, existed, progress, on_failure)
-    except sqlite3.DatabaseError as e:  # a damaged file (or a full disk) found after opening it
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # a damaged file (or a full disk) found late
         raise MnasError(f"{dbp}: search database error: {e}") from None
     finally:
         store.close()
@@ -180,7 +180,10 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
         if store.get_meta("space") != space_text:
             raise MnasError(f"{store.path} was searched over a different space; resume it with the space it was "
                             f"started with (`mnasdsl report {store.path}` shows its networks), {fresh}")
-        diff = _config_diff(store.get_meta("config") or {}, ident)
+        old = store.get_meta("config") or {}
+        if not isinstance(old, dict):
+            raise MnasError(f"{store.path}: corrupt search database: metadata `config` is not a search's settings")
+        diff = _config_diff(old, ident)
         if diff:
             raise MnasError(f"{store.path} was started with different settings ({'; '.join(diff)}); cannot resume "
                             f"with these: pass the settings it was started with to continue it, {fresh}")

@@ -50,7 +50,7 @@ def spec_line(spec: str) -> str:
 def summarize(db: str | Path, top: int = 10, bins: int = 20) -> dict[str, Any]:
     try:
         return _summarize(db, top, bins)
-    except sqlite3.DatabaseError as e:  # damage that opening the file did not reveal
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damage that opening the file did not reveal
         raise MnasError(f"{db}: not a usable mnasdsl search database ({e})") from None
 
 
@@ -64,6 +64,9 @@ def _summarize(db: str | Path, top: int, bins: int) -> dict[str, Any]:
         counts = store.counts()
         meta = {"space": store.get_meta("space_name"), "config": store.get_meta("config"),
                 "accuracy_is": store.get_meta("proxy_label") or "measured (validation accuracy)"}
+        target = (meta["config"] or {}).get("target_ms") if isinstance(meta["config"], (dict, type(None))) else "?"
+        if not (target is None or isinstance(target, (int, float)) and not isinstance(target, bool)):
+            raise MnasError(f"{db}: corrupt search database: metadata `config` is not a search's settings")
     finally:
         store.close()
     front = pareto(done)

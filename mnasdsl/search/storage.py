@@ -106,7 +106,8 @@ def _trial(row: tuple[Any, ...], path: Path | str = "search database") -> Trial:
     ok = (all(fits(v, (int,)) for v in r[:3]) and isinstance(r[3], list) and all(fits(d, (int,)) for d in r[3])
           and isinstance(r[4], str) and isinstance(r[5], str) and r[6] in _STATUSES
           and all(v is None or fits(v, t) for v, t in zip(r[7:], _OPTIONAL, strict=True))
-          and (r[6] != "done" or all(fits(v, (float,)) for v in (r[7], r[8], r[11]))))
+          and (r[6] != "done" or all(fits(v, (float,)) for v in (r[7], r[8], r[11]))
+               and all(fits(v, (int,)) for v in (r[9], r[10]))))
     if not ok:
         raise MnasError(f"{path}: corrupt search database: trial {r[0]!r} is not a valid row")
     return Trial(*r)
@@ -129,7 +130,7 @@ class Store:
             if create:
                 self.db.executescript(_SCHEMA)
             self._check()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # sqlite's message may quote damaged bytes
             raise MnasError(f"{self.path}: not a usable mnasdsl search database ({e})") from None
 
     def _check(self) -> None:
@@ -246,7 +247,12 @@ class Store:
         row = self.db.execute(
             "SELECT round, phase, state FROM controller ORDER BY round DESC, phase = 'observed' DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
+        if row is None:
+            return None
+        if isinstance(row[0], bool) or not isinstance(row[0], int) or row[1] not in ("proposed", "observed") \
+                or not isinstance(row[2], bytes):
+            raise MnasError(f"{self.path}: corrupt search database: bad controller state row")
+        return row[0], row[1], row[2]
 
     def round_trials(self, rnd: int) -> list[Trial]:
         return [_trial(r, self.path) for r in self.db.execute(
