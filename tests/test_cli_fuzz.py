@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,7 @@ PLAUSIBLE = {"positive_int": ["1", "2", "3", "4", "8", "10", "16", "32", "100"],
              "float": ["0.2", "0", "-0.07", "0.5", "1", "-1", "0.99"], "int": ["0", "1", "2", "-1"],
              "_bn_momentum": ["0.9", "0.99", "0.5", "1e-9"],
              "resolution_arg": ["16", "32", "224", "17x9", "64x48", "1", "8192", "1x8192"]}
+EXTREMES = [1e308, 1e12, 1e13, 0, 0.0, -0.0, 5e-324, 1e-7, 1e-300, -1, 10**30, 2**53 + 1, 0.5]
 BROKEN_BYTES = [b"", b"\x00", b"\xff\xfe\xfd", b"\xef\xbb\xbf", b"network", b"network x:\n", b"\n" * 50,
                 b"{}", b"[]", b"null", b"SQLite format 3\x00", b"TFL3", b"\x08\x00\x00\x00TFL3\x00\x00",
                 b"PK\x03\x04", b"\x89PNG\r\n\x1a\n", b"#" * 70000]
@@ -455,7 +456,7 @@ class Case:
     def json_bytes(self, src: Path) -> bytes:
         """``src`` (a JSON file) as is, edited as JSON, or edited as text."""
         text = src.read_bytes().decode("utf-8", "replace")
-        how = self.kind(["valid", "json", "json", "json", "bytes"], "json file")
+        how = self.kind(["valid", "json", "json", "numbers", "numbers", "bytes"], "json file")
         if how == "valid":
             return text.encode()
         try:
@@ -464,6 +465,12 @@ class Case:
             how = "bytes"
         if how == "bytes":
             return self.mutate(text)
+        if how == "numbers":  # one or a few numbers pushed to an extreme: the file still validates in form
+            leaves = list(numeric_leaves(obj))
+            for _ in range(self.draw(st.integers(1, 3)) if leaves else 0):
+                parent, key = self.pick(leaves)
+                parent[key] = self.pick(EXTREMES)
+            return json.dumps(obj).encode()
         for _ in range(self.draw(st.integers(1, 3))):
             obj = self.json_mutation(obj)
         return json.dumps(obj).encode()
@@ -496,9 +503,11 @@ class Case:
                 if c == "spec":
                     row.append(self.pick(["", self.spec(), "nope.mnas", '"a,b"']))
                 elif c == "resolution":
-                    row.append(self.pick(RESOLUTIONS[:6] + ["224", "1e3", "nan", "-5", "7.9"]))
+                    row.append(self.pick(RESOLUTIONS[:6] + ["224", "1e3", "nan", "-5", "7.9", "inf", "1e308"]))
+                elif self.chance(70):
+                    row.append(self.pick(["1.0", "0.75", "0.5", "1.4"] if c == "width" else ["73.8", "20", "0.5"]))
                 else:
-                    row.append(self.real())
+                    row.append(self.pick([repr(x) for x in EXTREMES]) if self.chance(50) else self.real())
             rows.append(",".join(row))
         return self.write("\n".join(rows).encode(), ".csv")
 
@@ -812,6 +821,16 @@ CHEAP_COUNTS = {("sample", "n"): 3, ("search", "trials"): 2, ("search", "workers
                 ("eval", "batch"): 64, ("eval", "threads"): 2, ("predict", "threads"): 2}
 
 
+def numeric_leaves(obj: Any) -> Iterator[tuple[Any, Any]]:
+    """(container, key) of every number in a parsed JSON document."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield obj, key
+        else:
+            yield from numeric_leaves(v)
+
+
 def draw_argv(case: Case, cmd: str) -> tuple[list[str], dict[str, int]]:
     """argv for ``cmd`` drawn from its parser: positionals, then a random subset of options in random order
     (required ones nearly always), sometimes as --opt=value, sometimes with a stray token. Returns argv and
@@ -882,8 +901,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def named_outputs(ns: argparse.Namespace | None) -> list[Path]:
-    """The paths a command is told to write (-o/--out/--db/...)."""
+def named_outputs(ns: argparse.Namespace | None, cwd: Path) -> list[Path]:
+    """The paths a command run in ``cwd`` is told to write (-o/--out/--db/...)."""
     if ns is None:
         return []
     out = []
@@ -892,7 +911,7 @@ def named_outputs(ns: argparse.Namespace | None) -> list[Path]:
             continue
         value = getattr(ns, dest, None)
         if isinstance(value, str) and value:
-            out.append(Path(value).absolute())
+            out.append(cwd / value)
     return out
 
 
@@ -973,7 +992,7 @@ class Runner:
 
     def run(self, where: Path, argv: list[str]) -> Result:
         ns = parse(argv)
-        outputs = named_outputs(ns)
+        outputs = named_outputs(ns, where)
         existed = {p: os.path.lexists(p) for p in outputs}
         before = snapshot(self.guarded)
         left_before = leftovers(where)
@@ -1345,3 +1364,85 @@ def test_tflite_model_lacking_an_input_is_refused(tmp_path: Path, corpus: Corpus
     r = subprocess.run([sys.executable, "-m", "mnasdsl.cli.main", "predict", "m.tflite", "img.png"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "lacks its input 0" in r.stderr, (r.returncode, r.stderr[-2000:])
+
+
+def _lut_with(corpus: Corpus, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    obj = json.loads(corpus.lut.read_text())
+    edit(obj)
+    return json.dumps(obj).encode()
+
+
+def _kit_log(corpus: Corpus, where: Path, pattern: str, value: str) -> None:
+    """A copy of the corpus kit in ``where``/kit with ``pattern=`` of its first op log set to ``value``."""
+    shutil.copytree(corpus.kit, where / "kit")
+    log = sorted((where / "kit" / "logs").glob("op_*.log"))[0]
+    text = re.sub(rf"{pattern}=[0-9.]+", f"{pattern}={value}", log.read_text())
+    log.write_text(re.sub(r"Inference \(avg\): [0-9.]+", f"Inference (avg): {value}", text) if pattern == "avg" else
+                   text)
+
+
+def _overflow_regressions(corpus: Corpus) -> dict[str, tuple[dict[str, bytes], list[str], str]]:
+    """name -> (files, argv, what stderr says): numbers that overflowed, or divided by zero, somewhere inside."""
+    csv = "width,resolution,ms\n1.0,224,73.8\n0.5,160,20\n"
+    return {
+        "lut coefficient 1e308": ({"l.json": _lut_with(corpus, lambda o: o["model"].__setitem__("coef", [1e308] * 7))},
+                                  ["latency", "net.mnas", "--lut", "l.json", "--json"], "above 1e+12"),
+        "lut entry 1e308, lut check": (
+            {"l.json": _lut_with(corpus, lambda o: [e.__setitem__("mean", 1e308) for e in o["entries"].values()]),
+             "p.csv": csv.encode()}, ["lut", "check", "--lut", "l.json", "--published", "p.csv", "--spec", "net.mnas"],
+            "above 1e+12"),
+        "lut entry 0, lut fit": (
+            {"l.json": _lut_with(corpus, lambda o: [e.__setitem__("mean", 0) for e in o["entries"].values()])},
+            ["lut", "fit", "l.json", "-o", "f.json"], "fitting needs times"),
+        "published ms inf": ({"p.csv": (csv + "1.0,192,inf\n").encode()},
+                             ["lut", "check", "--published", "p.csv", "--spec", "net.mnas", "--json"], "p.csv:4:1"),
+        "published ms 1e-320": ({"p.csv": (csv + "1.0,192,1e-320\n").encode()},
+                                ["lut", "fit", str(corpus.lut), "--published", "p.csv", "--spec", "net.mnas", "-o",
+                                 "f.json"], "p.csv:4:1"),
+        "published resolution inf": ({"p.csv": (csv + "1.0,inf,20\n").encode()},
+                                     ["lut", "check", "--published", "p.csv", "--spec", "net.mnas"], "p.csv:4:1"),
+        "search --alpha nan": ({}, ["search", "space.mnas", "--db", "s.db", "--trials", "2", "--target-ms", "1",
+                                    "--alpha", "nan", "--beta", "-0.07"], "must be a finite number"),
+        "search (LAT/T)^w overflows": ({}, ["search", "space.mnas", "--db", "s.db", "--trials", "2", "--target-ms",
+                                            "1000", "--alpha=-1e308", "--beta=-1"], "is not finite"),
+    }
+
+
+@pytest.mark.parametrize("name", ["lut coefficient 1e308", "lut entry 1e308, lut check", "lut entry 0, lut fit",
+                                  "published ms inf", "published ms 1e-320", "published resolution inf",
+                                  "search --alpha nan", "search (LAT/T)^w overflows"])
+def test_extreme_numbers(runner: Runner, name: str) -> None:
+    """Finite but extreme numbers in tables, CSVs and options once overflowed into internal errors, NaN in
+    --json output, or tables the next command could not read: now each is an error naming its source."""
+    files, argv, says = _overflow_regressions(runner.corpus)[name]
+    where = runner.new_dir()
+    (where / "net.mnas").write_text(TINY)
+    (where / "space.mnas").write_text(TINY_SPACE)
+    for fname, data in files.items():
+        (where / fname).write_bytes(data)
+    result = runner.run(where, argv)
+    assert result.rc in (1, 2) and says in result.err, result.err
+
+
+@pytest.mark.parametrize(("field", "value"), [("avg", "1e300"), ("avg", "1e-320"), ("count", "1e300"),
+                                              ("avg", "1" * 400)])
+def test_extreme_phone_log_numbers(runner: Runner, field: str, value: str) -> None:
+    """A benchmark_model log whose numbers overflow, or round a time to nothing, is a garbled log (it once made
+    a table that no command could read, or crashed the calibration)."""
+    where = runner.new_dir()
+    _kit_log(runner.corpus, where, field, value)
+    result = runner.run(where, ["lut", "import", "benchmark-model", "kit/logs", "-o", "phone.json"])
+    assert result.rc == 1 and "garbled" in result.err and not (where / "phone.json").exists(), result.err
+
+
+def test_plugin_latency_inf_fails_its_trials(runner: Runner) -> None:
+    """A plug-in evaluator's latency of inf once went into the database as a finished trial."""
+    where = runner.new_dir()
+    (where / "space.mnas").write_text(TINY_SPACE)
+    (where / "fuzz_inf_plugin.py").write_text("def score(net):\n    return {'acc': 0.5, 'latency_ms': float('inf')}\n")
+    try:
+        result = runner.run(where, ["search", "space.mnas", "--db", "s.db", "--trials", "2", "--target-ms", "1",
+                                    "--evaluator", "fuzz_inf_plugin:score"])
+    finally:
+        sys.modules.pop("fuzz_inf_plugin", None)
+    assert result.rc == 1 and "not a finite number" in result.err and not (where / "s.db").exists(), result.err

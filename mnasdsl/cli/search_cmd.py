@@ -12,6 +12,7 @@ from typing import Any
 from ..diagnostics import MnasError
 from .common import (
     UsageError,
+    finite_float,
     positive_float,
     positive_int,
     print_json,
@@ -41,8 +42,8 @@ def register(sub: Any) -> None:
                           "paper's measured latency, on this CPU)")
     rw = p.add_mutually_exclusive_group()
     rw.add_argument("--reward", choices=("soft", "hard"), help="soft: a=b=-0.07 (default); hard: a=0, b=-1")
-    rw.add_argument("--alpha", type=float, metavar="A", help="exponent when LAT <= T (with --beta)")
-    p.add_argument("--beta", type=float, metavar="B", help="exponent when LAT > T (with --alpha)")
+    rw.add_argument("--alpha", type=finite_float, metavar="A", help="exponent when LAT <= T (with --beta)")
+    p.add_argument("--beta", type=finite_float, metavar="B", help="exponent when LAT > T (with --alpha)")
     p.add_argument("--population", type=positive_int, default=50, metavar="P",
                    help="evolution: members of the aging population; the oldest dies with each child (default 50)")
     p.add_argument("--tournament", type=positive_int, default=10, metavar="S",

@@ -7,6 +7,7 @@ estimation far cheaper than the lowering that precedes it in a search loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -48,7 +49,13 @@ class Estimate(NamedTuple):
 def objective_factor(latency_ms: float, target_ms: float, alpha: float, beta: float) -> float:
     """(LAT/T)^w of the MnasNet reward."""
     w = alpha if latency_ms <= target_ms else beta
-    return float((latency_ms / target_ms) ** w)
+    try:
+        f = float((latency_ms / target_ms) ** w)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):  # far from T with a large |w|: no number to rank by
+        raise MnasError(f"the objective factor (LAT/T)^w = ({latency_ms:g} ms / {target_ms:g} ms)^{w:g} is not finite")
+    return f
 
 
 def available_devices() -> list[str]:

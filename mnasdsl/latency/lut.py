@@ -134,6 +134,11 @@ def _bad(path: str, msg: str) -> MnasError:
     return MnasError(msg, path=path)
 
 
+# The largest number a table may hold (times in ms, coefficients, counts): far above any real one, and small
+# enough that an estimate summing them over the largest network the language allows stays finite.
+MAX_NUMBER = 1e12
+
+
 def _num_field(path: str, where: str, obj: dict[str, Any], name: str, *, minimum: float = 0.0,
                required: bool = True, default: float = 0.0) -> float:
     if name not in obj:
@@ -143,6 +148,8 @@ def _num_field(path: str, where: str, obj: dict[str, Any], name: str, *, minimum
     v = obj[name]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < minimum:
         raise _bad(path, f"{where}: `{name}` must be a finite number >= {minimum:g}, got {v!r}")
+    if v > MAX_NUMBER:
+        raise _bad(path, f"{where}: `{name}` is {v:g}, above {MAX_NUMBER:g} (no latency table's number; corrupt?)")
     return float(v)
 
 

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import nnls
 
+from ..diagnostics import MnasError
 from ..lowering import Layer, LoweredNetwork
 from .features import N_FEATURES, layer_features
 from .lut import Calibration, Lut, Model, layer_for_key
 
 CALIBRATION_TERMS = ("scale", "per_op_ms", "per_network_ms")
+MIN_FIT_MS = 1e-6  # a nanosecond: below any real op, and far from where 1/y overflows
 
 
 def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -39,6 +41,10 @@ def fit_ops(lut: Lut) -> np.ndarray:
     if not lut.entries:
         raise ValueError("the table has no entries to fit on")
     keys = sorted(lut.entries)
+    small = [k for k in keys if not lut.entries[k].mean >= MIN_FIT_MS]
+    if small:  # relative error divides by the time
+        raise MnasError(f"entry {small[0]!r}: {lut.entries[small[0]].mean:g} ms; fitting needs times of at least "
+                        f"{MIN_FIT_MS:g} ms ({len(small)} entries below)")
     x = np.array([layer_features(layer_for_key(k)) for k in keys])
     y = np.array([lut.entries[k].mean for k in keys])
     return nnls_relative(x, y)

@@ -23,7 +23,8 @@ from typing import Any, Literal, NamedTuple
 from ..diagnostics import Diagnostic, MnasError, Span
 from ..fsutil import staged_dir
 from ..lowering import LoweredNetwork
-from .lut import _KEY, Entry, Lut
+from .lut import _KEY, MAX_NUMBER, Entry, Lut
+from .model import MIN_FIT_MS
 
 KIT_FORMAT = "mnasdsl-phone-kit"
 KIT_VERSION = 1
@@ -483,7 +484,7 @@ def parse_benchmark_log(text: str, path: str = "<log>") -> BenchLog:
     def number(raw: str, line: int, col: int, what: str, *, integer: bool = False, positive: bool = False) -> float:
         ok = _NUMBER.match(raw) is not None
         v = float(raw) if ok else math.nan
-        if not ok or v < 0 or (positive and v <= 0) or (integer and v != int(v)):
+        if not ok or not 0 <= v <= MAX_NUMBER or (positive and v <= 0) or (integer and v != int(v)):
             kind = "a positive number" if positive else "a non-negative integer" if integer else "a non-negative number"
             raise fail(f"garbled {what}: {raw!r} is not {kind}", line, col, col + max(1, len(raw)))
         return v
@@ -565,7 +566,7 @@ def parse_benchmark_log(text: str, path: str = "<log>") -> BenchLog:
     else:
         assert timed is not None
         avg = timed.values["avg"]
-    if avg <= 0:
+    if avg < MIN_FIT_MS * 1e3:  # microseconds; too short a time to fit on (relative error divides by it)
         raise fail(f"garbled inference time: an average of {avg:g} us", summary.line if summary else 1)
     sv = summary.values if summary else {}
     tv = timed.values if timed else {}

@@ -11,6 +11,8 @@ from ..diagnostics import Diagnostic, MnasError, Span
 from ..ir import Network
 from ..lowering import LoweredNetwork, lower
 from ..parser import parse_units, read_source, select
+from .lut import MAX_NUMBER
+from .model import MIN_FIT_MS
 
 MS_COLUMNS = ("ms", "pixel1_ms", "latency_ms")
 
@@ -47,10 +49,12 @@ def read_published(path: str | Path, spec: Network | None = None) -> list[tuple[
     for i, r in enumerate(rows, start=2):
         try:
             width, res, ms = float(r["width"]), int(float(r["resolution"])), float(r[ms_col])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise _row(p, i, f"width, resolution and {ms_col} must be numbers") from None
         if not (width > 0 and res > 0 and ms > 0):
             raise _row(p, i, f"width, resolution and {ms_col} must be positive")
+        if not MIN_FIT_MS <= ms <= MAX_NUMBER:  # errors are relative: ms divides
+            raise _row(p, i, f"{ms_col} {ms:g} is not a measured time (expected {MIN_FIT_MS:g} to {MAX_NUMBER:g} ms)")
         net = spec
         if r.get("spec"):
             rel = Path(p).parent / r["spec"]  # spec paths are relative to the CSV, as `lut check --save` writes

@@ -12,6 +12,7 @@ lost with the kill is recomputed from the committed results and the proposing st
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import signal
 import sqlite3
@@ -339,11 +340,17 @@ def _finish_round(store: Store, space: Space, controller: Controller, executor: 
             lat = payload.get("latency_ms")
             if lat is None:
                 lat = latency(lows[tid])
-            if lat is None or not lat > 0:
-                outcome[tid] = dict(status="failed", error="no latency measurement", worker=payload.get("worker"))
+            r, error = None, "no latency measurement"
+            if lat is not None and lat > 0:
+                try:  # a plug-in's own latency may be inf, and (LAT/T)^w may overflow: that trial fails
+                    r = reward(payload["acc"], lat, cfg.target_ms, cfg.alpha, cfg.beta) if lat < math.inf else None
+                    error = f"latency {lat} ms is not a finite number"
+                except MnasError as e:
+                    error = str(e)
+            if r is None:
+                outcome[tid] = dict(status="failed", error=error, worker=payload.get("worker"))
                 done(tid, None, **outcome[tid])
             else:
-                r = reward(payload["acc"], lat, cfg.target_ms, cfg.alpha, cfg.beta)
                 outcome[tid] = dict(status="done", acc=payload["acc"], latency_ms=lat, params=payload["params"],
                                     macs=payload["macs"], reward=r, worker=payload.get("worker"),
                                     eval_s=payload.get("eval_s"))
