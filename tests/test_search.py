@@ -16,7 +16,6 @@ import pytest
 
 import mnasdsl
 from mnasdsl import MnasError
-from mnasdsl.cli.main import main
 from mnasdsl.search.controllers import make_controller
 from mnasdsl.search.evaluators import EvalConfig
 from mnasdsl.search.loop import SearchConfig, reward, run_search
@@ -24,6 +23,7 @@ from mnasdsl.search.synthetic import make_table, optimum, score
 from mnasdsl.space import space_from_text
 
 from .conftest import ROOT, SPECS
+from .conftest import run_cli as run
 
 SPACE_PATH = str(SPECS / "spaces" / "mnasnet.mnas")
 PAPER = mnasdsl.load_space(SPACE_PATH)
@@ -38,13 +38,6 @@ TINY = """space tiny:
 """
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = int(e.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def test_reward_is_eq2() -> None:

@@ -186,12 +186,7 @@ def strip_redundant(data: bytes) -> bytes:
             if getattr(op, "builtinOptions2", None) is not None:
                 op.builtinOptions2 = _Shared(op.builtinOptions2)
 
-    builder = _SharingBuilder(len(data) + 4096)
-    try:
-        builder.Finish(m.Pack(builder), file_identifier=_IDENT)
-    except flatbuffers.builder.BuilderSizeError:
-        raise ValueError("the rewritten model would pass the 2 GiB limit of an inline flatbuffer") from None
-    return bytes(builder.Output())
+    return _serialize(m, len(data))
 
 
 # --- where the bytes go ----------------------------------------------------------------------------
@@ -367,7 +362,12 @@ def float_io(data: bytes) -> bytes:
                 op.customOptions, op.largeCustomOptionsOffset, op.largeCustomOptionsSize = custom, 0, 0
     # written as strip_redundant writes (equal vectors, strings and quantization tables once), so a
     # stripped model stays as small; unlike it, nothing is dropped
-    builder = _SharingBuilder(len(data) + 4096)
+    return _serialize(m, len(data))
+
+
+def _serialize(m: Any, size_hint: int) -> bytes:
+    """The model object written inline, equal vectors, strings and tables once (both rewrites)."""
+    builder = _SharingBuilder(size_hint + 4096)
     try:
         builder.Finish(m.Pack(builder), file_identifier=_IDENT)
     except flatbuffers.builder.BuilderSizeError:
