@@ -211,3 +211,15 @@ def test_compile_for_another_platform_says_where_it_timed(capsys: pytest.Capture
     assert "note: lowered for --platform gpu" in err and "cpu" in err
     rc, _, err = run(capsys, "compile", str(tiny), "--platform", "cpu", "--repeats", "1", "--json")
     assert rc == 0 and "note:" not in err
+
+
+def test_import_spec_json_with_out(capsys: Any, tmp_path: Path) -> None:
+    """`import --json -o FILE` writes the spec to FILE and still prints its one JSON object."""
+    out = tmp_path / "b1.mnas"
+    rc, stdout, err = run(capsys, "import", "timm", "mnasnet_100", "--json", "-o", str(out))
+    assert rc == 0, err
+    data = json.loads(stdout)
+    assert data["model"] == "mnasnet_100" and data["out"] == str(out) and "spec" not in data
+    assert out.read_text().startswith("#") and "network mnasnet_100:" in out.read_text()
+    rc, stdout, _ = run(capsys, "import", "timm", "mnasnet_100", "--json")
+    assert rc == 0 and json.loads(stdout)["spec"] == out.read_text()

@@ -256,6 +256,16 @@ def test_cli_search_and_report(capsys, tmp_path: Path) -> None:  # type: ignore[
     assert rep["best"]["reward"] == max(t["reward"] for t in rep["top"])
     rc, out, _ = run(capsys, "report", db)
     assert rc == 0 and "Pareto front" in out
+    # Reading never writes: a database in rollback-journal mode (as a copy or a VACUUM INTO leaves
+    # it) is not converted to WAL by a report, and stays byte-identical.
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+    before = Path(db).read_bytes()
+    rc, out, err = run(capsys, "report", db, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["trials"] == 50 and Path(db).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.sqlite")) == ["c.sqlite"]
 
 
 @pytest.mark.parametrize("argv,code", [

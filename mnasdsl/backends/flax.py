@@ -53,9 +53,15 @@ def _np_rng(rngs: nnx.Rngs) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _put(a: np.ndarray) -> jax.Array:
+    """A host array on the device without an XLA compile: ``jnp.asarray`` compiles a copy per
+    distinct shape (about 10 ms each, most of an eager build), ``device_put`` is a plain transfer."""
+    return jax.device_put(np.asarray(a, np.float32))
+
+
 def _conv_param(rng: np.random.Generator, shape: tuple[int, ...], fan_out: int) -> nnx.Param:
     """TF reference conv init: N(0, sqrt(2 / fan_out)), fan_out = k*k*out (k*k for depthwise)."""
-    return nnx.Param(jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / fan_out), shape).astype(np.float32)))
+    return nnx.Param(_put(rng.normal(0.0, np.sqrt(2.0 / fan_out), shape)))
 
 
 class BatchNorm(nnx.Module):
@@ -64,10 +70,10 @@ class BatchNorm(nnx.Module):
     variance and updates the running statistics, eval only reads them."""
 
     def __init__(self, ch: int, momentum: float, epsilon: float, dtype: Any) -> None:
-        self.scale = nnx.Param(jnp.asarray(np.ones(ch, np.float32)))
-        self.bias = nnx.Param(jnp.asarray(np.zeros(ch, np.float32)))
-        self.mean = nnx.BatchStat(jnp.asarray(np.zeros(ch, np.float32)))
-        self.var = nnx.BatchStat(jnp.asarray(np.ones(ch, np.float32)))
+        self.scale = nnx.Param(_put(np.ones(ch, np.float32)))
+        self.bias = nnx.Param(_put(np.zeros(ch, np.float32)))
+        self.mean = nnx.BatchStat(_put(np.zeros(ch, np.float32)))
+        self.var = nnx.BatchStat(_put(np.ones(ch, np.float32)))
         self.momentum, self.epsilon, self.dtype = momentum, epsilon, dtype
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -122,9 +128,9 @@ class SqueezeExcite(nnx.Module):
 
     def __init__(self, ch: int, se: int, dtype: Any, rng: np.random.Generator) -> None:
         self.reduce_kernel = _conv_param(rng, (ch, se), se)
-        self.reduce_bias = nnx.Param(jnp.asarray(np.zeros(se, np.float32)))
+        self.reduce_bias = nnx.Param(_put(np.zeros(se, np.float32)))
         self.expand_kernel = _conv_param(rng, (se, ch), ch)
-        self.expand_bias = nnx.Param(jnp.asarray(np.zeros(ch, np.float32)))
+        self.expand_bias = nnx.Param(_put(np.zeros(ch, np.float32)))
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -197,8 +203,8 @@ class MnasNet(nnx.Module):
             else:  # classifier: TF's dense init, uniform(+-1/sqrt(classes))
                 r = 1.0 / float(np.sqrt(cout))
                 w = rng.uniform(-r, r, (cin, cout))
-                self.classifier_kernel = nnx.Param(jnp.asarray(w.astype(np.float32)))
-                self.classifier_bias = nnx.Param(jnp.asarray(np.zeros(cout, np.float32)))
+                self.classifier_kernel = nnx.Param(_put(w))
+                self.classifier_bias = nnx.Param(_put(np.zeros(cout, np.float32)))
         self.layers = nnx.List(layers)
         self.dropout = nnx.data(nnx.Dropout(lowered.dropout, rngs=rngs) if lowered.dropout > 0 else None)
 
@@ -258,11 +264,12 @@ def set_platform(model: MnasNet, platform: str | Sequence[str] | None) -> MnasNe
     return model
 
 
-def quick_compile_fn(model: MnasNet) -> Any:
-    """``images -> logits`` compiled for the least compile time, not the fastest run: the grouped
-    depthwise form and XLA's backend optimizations off. For a few images, where compiling is most of
-    the wall time (mnasnet-small at 32 px: 0.7 s instead of 1.9 s); the fused form pays off beyond
-    a handful of images at full size."""
+def quick_compile_fn(model: MnasNet, pre: Any = None, post: Any = None) -> Any:
+    """``images -> post(logits(pre(images)))`` compiled for the least compile time, not the fastest
+    run: the grouped depthwise form and XLA's backend optimizations off. For a few images, where
+    compiling is most of the wall time (mnasnet-small at 32 px: 0.4 s instead of 1.9 s); the fused
+    form pays off beyond a handful of images at full size. ``pre``/``post`` (input scaling, softmax)
+    run inside the one executable: eager jnp calls would each compile on their own."""
     graphdef, state = nnx.split(model)
     quick = nnx.merge(graphdef, state)  # a copy of the module tree: the caller's keeps its lowering
     for _, m in nnx.iter_modules(quick):
@@ -270,12 +277,16 @@ def quick_compile_fn(model: MnasNet) -> Any:
             m.impl = "grouped"
     qgraph, qstate = nnx.split(quick)
     cache: dict[tuple[int, ...], Any] = {}
+    pre = pre or (lambda v: v)
+    post = post or (lambda v: v)
+    options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-    def run(x: jax.Array) -> jax.Array:
-        key = tuple(x.shape)
+    def run(x: Any) -> jax.Array:
+        key = tuple(np.shape(x))
         if key not in cache:
-            fn = jax.jit(lambda s, v: nnx.merge(qgraph, s)(v, train=False))
-            cache[key] = fn.lower(qstate, x).compile(compiler_options={"xla_backend_optimization_level": 0})
+            fn = jax.jit(lambda s, v: post(nnx.merge(qgraph, s)(pre(v), train=False)))
+            cache[key] = fn.lower(qstate, jax.ShapeDtypeStruct(key, np.asarray(x).dtype)).compile(
+                compiler_options=options)
         return cache[key](qstate, x)
 
     return run
@@ -351,28 +362,30 @@ def load_params(network: Network | LoweredNetwork, directory: str | os.PathLike[
                 dtype: Any = jnp.float32) -> MnasNet:
     """Build the network and fill it with the variables saved under ``directory`` (by save_params
     or by training); a checkpoint of another architecture is a MnasError, not a silent mismatch.
-    The error names both networks (from ``mnasdsl.json``) and the first differing variable, compared
-    before restoring: Orbax's own structure-mismatch message lists every key (kilobytes on one line)."""
+    The error names both networks (from ``mnasdsl.json``) and the first differing variable, found in
+    the stored metadata once restoring fails: Orbax's own structure-mismatch message lists every key
+    (kilobytes on one line)."""
     import orbax.checkpoint as ocp
 
     model = build(network, rngs=rngs or nnx.Rngs(0), platform=platform, dtype=dtype)
     path = resolve_ckpt_dir(directory)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables(model))
     with ocp.StandardCheckpointer() as ckptr:
-        diff = _first_difference(ckptr, path, abstract)
-        if diff is not None:
-            raise _mismatch(directory, path, model, diff)
         try:
             restored = ckptr.restore(path, abstract)
         except Exception as e:  # noqa: BLE001 - any failure to restore means a checkpoint that does not fit
-            raise _mismatch(directory, path, model, _clip(str(e).strip() or type(e).__name__)) from None
+            # Only now read the stored metadata (a tenth of a second) to name the first difference.
+            diff = _first_difference(ckptr, path, abstract)
+            raise _mismatch(directory, path, model, diff or _clip(str(e).strip() or type(e).__name__)) from None
     # Orbax restores the stored shapes even when the target's differ: compare them explicitly.
     want = {kp: tuple(a.shape) for kp, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
         shape = np.shape(leaf)
         if tuple(shape) != want.get(kp, ()):
-            raise _mismatch(directory, path, model, f"{_key(kp)} is {tuple(shape)} there, "
-                                                    f"{tuple(want.get(kp, ()))} here")
+            with ocp.StandardCheckpointer() as ckptr:
+                diff = _first_difference(ckptr, path, abstract)
+            raise _mismatch(directory, path, model, diff or f"{_key(kp)} is {tuple(shape)} there, "
+                                                            f"{tuple(want.get(kp, ()))} here")
     for key, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, kind)
         nnx.replace_by_pure_dict(state, restored[key])

@@ -179,10 +179,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     m = find_model(args.source, args.model)
     text = model_text(m, width=args.width, resolution=_hw(args.resolution), classes=args.classes)
     if not (args.weights or args.pretrained):
-        if args.json and not args.out:
-            print_json({"source": m.source, "model": m.name, "architecture": m.title, "spec": text})
-        else:
+        if args.out:
             _emit(text, args.out)
+        if args.json:  # with -o the spec went to the file; the object says where
+            print_json({"source": m.source, "model": m.name, "architecture": m.title,
+                        **({"out": args.out} if args.out else {"spec": text})})
+        elif not args.out:
+            _emit(text, None)
         return 0
     if not args.out:
         raise UsageError("with --weights or --pretrained, -o DIR names the output directory")

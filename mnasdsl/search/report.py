@@ -55,7 +55,7 @@ def summarize(db: str | Path, top: int = 10, bins: int = 20) -> dict[str, Any]:
 
 
 def _summarize(db: str | Path, top: int, bins: int) -> dict[str, Any]:
-    store = Store(db, create=False)
+    store = Store(db, create=False, read_only=True)
     try:
         if store.get_meta("space") is None:
             raise MnasError(f"{db}: not a search database started by mnasdsl (no metadata)")

@@ -114,7 +114,9 @@ def _trial(row: tuple[Any, ...], path: Path | str = "search database") -> Trial:
 
 
 class Store:
-    def __init__(self, path: str | Path, *, create: bool) -> None:
+    def __init__(self, path: str | Path, *, create: bool, read_only: bool = False) -> None:
+        """``read_only`` (reports): opened with SQLite's ``mode=ro`` and no journal pragma, so
+        reading a database never converts, checkpoints or otherwise writes it."""
         self.path = Path(path)
         if not create and not self.path.exists():
             raise MnasError(f"{self.path}: no such search database")
@@ -124,9 +126,13 @@ class Store:
             except OSError as e:
                 raise MnasError(f"{self.path}: cannot create directory: {e.strerror or e}") from None
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if read_only and not create:
+                self.db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=30,
+                                          isolation_level=None)
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self.db.executescript(_SCHEMA)
             self._check()

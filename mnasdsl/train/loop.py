@@ -698,25 +698,3 @@ def evaluate_model(model: nnx.Module, split: Split, *, size: tuple[int, int], ch
 
     loader = Loader(split, batch=batch, size=size, channels=channels, train=False, workers=workers)
     return _finish([step(state, b.images, b.labels, b.mask) for b in loader])
-
-
-QUICK_PREDICT_IMAGES = 4  # up to this many, predict compiles for compile time (see quick_compile_fn)
-
-
-def predict_images(model: nnx.Module, images: np.ndarray, channels: int,
-                   norm: tuple[Any, Any] | None = None) -> np.ndarray:
-    """Class probabilities (N, classes) for uint8 NHWC images, in one compiled forward (run eagerly,
-    the network would compile each of its few hundred ops on its own: seconds per image)."""
-    mean, std = norm if norm is not None else norm_stats(channels)
-    x = (jnp.asarray(images, jnp.float32) - mean) / std
-    if len(images) <= QUICK_PREDICT_IMAGES:  # compiling is most of the time: compile for that
-        from ..backends.flax import quick_compile_fn
-
-        return np.asarray(jax.nn.softmax(quick_compile_fn(model)(x), -1))
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def probs(state: Any, x: jax.Array) -> jax.Array:
-        return jax.nn.softmax(nnx.merge(graphdef, state)(x, train=False), -1)
-
-    return np.asarray(probs(state, x))
