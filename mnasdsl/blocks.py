@@ -18,27 +18,34 @@ from lark.exceptions import UnexpectedInput
 from .diagnostics import DiagnosticSink, MnasError, Span
 from .ir import (
     ACT_ALIASES,
-    MAX_CHANNELS,
-    MAX_EXPANSION,
-    MAX_FACTOR,
-    MAX_KERNEL,
-    MAX_REPEATS,
-    OP_ALIASES,
     Block,
     Choice,
     FieldValue,
     Option,
     SpaceBlock,
 )
+from .ops import OP_ALIASES, OP_NAMES, OP_TOKENS, OPS
+from .ops.fields import (
+    FIELD_OF_KEY,
+    FLOAT_RANGES,
+    INT_RANGES,
+    MAX_CHANNELS,
+    MAX_DIGITS,
+    MAX_NUMBER_TEXT,
+    MAX_REPEATS,
+    STRIDES,
+    float_error,
+    int_error,
+)
 
 SKIP_FLAGS = {"noskip": "noskip", "pool": "pool", "id": "default"}
-FIELD_OF_KEY = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "i": "input", "o": "output",
-                "se": "se"}
+DEFAULT_OP = "mb"  # a block string without an op token
+# The op alternatives of the regexes, longest first so no token is read as a prefix of another.
+_OP_RE = "|".join(sorted(OP_TOKENS, key=lambda t: (-len(t), t)))
 # Canonical field order: the TF spelling plus the extensions.
 FIELD_ORDER = ("op", "repeats", "repeats_delta", "fixed_repeats", "kernel", "stride", "expansion", "input", "output",
                "output_factor", "se", "skip", "act")
 _ORDER_INDEX = {f: i for i, f in enumerate(FIELD_ORDER)}
-MAX_DIGITS = 9
 
 
 class Val(NamedTuple):
@@ -59,7 +66,9 @@ class Elem(NamedTuple):
 
 @cache
 def grammar_text(name: str) -> str:
-    return resources.files("mnasdsl.grammars").joinpath(name).read_text(encoding="utf-8")
+    """A grammar file; the block grammar's op token is filled in from the op registry."""
+    text = resources.files("mnasdsl.grammars").joinpath(name).read_text(encoding="utf-8")
+    return text.replace("%OPS%", " | ".join(f'"{t}"' for t in OP_TOKENS))
 
 
 @cache
@@ -122,7 +131,7 @@ _KEY_DESC = {
     "o": "an output channel count (o24), a scaled count (o24x0.75) or a relative set (o24x{0.75,1})",
     "se": "a squeeze-excitation ratio such as se0.25",
 }
-_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|mb|ds|cv|ir|cn|se|r|k|s|e|i|o)"
+_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|" + _OP_RE + "|se|r|k|s|e|i|o)"
                        r"(.*)$")
 
 
@@ -182,15 +191,15 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
     return Diagnostic(
         f"unknown field `{field}` in block string",
         span,
-        notes=("fields are r, k, s, e, i, o, se; ops mb, ds, cv; flags noskip, pool, id, relu, relu6, swish, hswish, "
-               "fixed",),
+        notes=(f"fields are r, k, s, e, i, o, se; ops {', '.join(OP_NAMES)}; flags noskip, pool, id, relu, relu6, "
+               "swish, hswish, fixed",),
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Front end 2: the regex fast path (concrete strings only; anything else goes to Lark)
 
-_FAST_FIELD = re.compile(r"(?:(mb|ds|cv|ir|cn)|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed)"
+_FAST_FIELD = re.compile(r"(?:(" + _OP_RE + r")|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed)"
                          r"|(se|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
 _NUM = re.compile(r"[0-9]+(\.[0-9]+)?\Z|\.[0-9]+\Z")
 _DIG = re.compile(r"[0-9]+\Z")
@@ -240,56 +249,35 @@ def decode_elems(text: str, line: int = 1, col: int = 1) -> tuple[Elem, ...]:
 # The builder: elements -> validated Block / SpaceBlock
 
 
-def _to_int(v: Val, sink: DiagnosticSink, what: str, lo: int, hi: int) -> int | None:
-    digits = v.text.lstrip("+-")
-    if len(digits) > MAX_DIGITS:
-        sink.error(f"{what} `{v.text}` is absurdly large (at most {hi})", v.span)
-        return None
-    n = int(v.text)
-    if not lo <= n <= hi:
-        sink.error(f"{what} must be between {lo} and {hi}, got {n}", v.span)
-        return None
-    return n
-
-
-def _to_float(v: Val, sink: DiagnosticSink, what: str, lo: float, hi: float, lo_open: bool = False) -> float | None:
-    if len(v.text) > 24:
-        sink.error(f"{what} `{v.text[:24]}...` is too long a number", v.span)
-        return None
-    x = float(v.text)
-    if x < lo or x > hi or (lo_open and x == lo):
-        bound = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
-        sink.error(f"{what} must be {bound} and at most {hi:g}, got {v.text}", v.span)
-        return None
-    return x
-
-
 def _value(key: str, v: Val, sink: DiagnosticSink) -> FieldValue | None:
-    """Convert and range-check one value; every rule reports at the value's own span."""
-    if key == "r":
-        return _to_int(v, sink, "repeats", 1, MAX_REPEATS)
-    if key == "k":
-        k = _to_int(v, sink, "kernel", 1, MAX_KERNEL)
-        if k is not None and k % 2 == 0:
-            sink.error(f"kernel must be odd, got {k}", v.span)
+    """Convert and range-check one value (the rules of :mod:`mnasdsl.ops.fields`); every rule
+    reports at the value's own span."""
+    if key in INT_RANGES:
+        what, _, hi = INT_RANGES[key]
+        if len(v.text.lstrip("+-")) > MAX_DIGITS:
+            sink.error(f"{what} `{v.text}` is absurdly large (at most {hi})", v.span)
             return None
-        return k
+        n = int(v.text)
+        msg = int_error(key, n)
+        if msg:
+            sink.error(msg, v.span)
+            return None
+        return n
+    if key in FLOAT_RANGES:
+        if len(v.text) > MAX_NUMBER_TEXT:
+            sink.error(f"{FLOAT_RANGES[key][0]} `{v.text[:MAX_NUMBER_TEXT]}...` is too long a number", v.span)
+            return None
+        x = float(v.text)
+        msg = float_error(key, x, v.text)
+        if msg:
+            sink.error(msg, v.span)
+            return None
+        return x
     if key == "s":
-        t = v.text
-        if len(t) == 1:
-            t = t * 2
-        if len(t) != 2 or any(ch not in "12" for ch in t):
+        stride = STRIDES.get(v.text)
+        if stride is None:
             sink.error(f"stride must be 1 or 2 per axis (s11, s22, s12, s21, s1 or s2), got `s{v.text}`", v.span)
-            return None
-        return (int(t[0]), int(t[1]))
-    if key == "e":
-        return _to_float(v, sink, "expansion ratio", 1.0, MAX_EXPANSION)
-    if key in ("i", "o"):
-        return _to_int(v, sink, "input channels" if key == "i" else "output channels", 1, MAX_CHANNELS)
-    if key == "se":
-        return _to_float(v, sink, "squeeze-excitation ratio", 0.0, 1.0)
-    if key == "x":
-        return _to_float(v, sink, "filter factor", 0.0, MAX_FACTOR, lo_open=True)
+        return stride
     if key == "dr":
         digits = v.text.lstrip("+-")
         if len(digits) > MAX_DIGITS:
@@ -460,7 +448,8 @@ def _dedupe_check(opts: list[Option], span: Span, sink: DiagnosticSink) -> None:
 def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, span: Span | None,
                sink: DiagnosticSink, role: str = "block") -> Block | None:
     """Cross-field rules and defaults; ``role`` is block, stem or head."""
-    op = fields.get("op", "cv" if role != "block" else "mb")
+    op = fields.get("op", "cv" if role != "block" else DEFAULT_OP)
+    spec = OPS[str(op)]
     spans = spans or {}
     ok = True
     if "kernel" not in fields:
@@ -470,14 +459,15 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
         sink.error(f"{role} string needs output channels (`o24`)", span)
         ok = False
     e = float(fields.get("expansion", 1.0))
-    if op in ("ds", "cv") and e != 1.0:
-        sink.error(f"expansion `e{_fmt_num(e)}` has no meaning for a `{op}` block (only `mb` expands)",
+    if not spec.expands and e != 1.0:
+        expanding = ", ".join(f"`{s.name}`" for s in OPS.values() if s.expands)
+        sink.error(f"expansion `e{_fmt_num(e)}` has no meaning for a `{op}` block (only {expanding} expand)",
                    spans.get("expansion", span))
         ok = False
-    if op == "mb" and e == 1.0:
-        op = "ds"  # TF's MBConv skips the expansion when e = 1: the same computation as ds.
+    if spec.e1_op is not None and e == 1.0:
+        op = spec.e1_op  # e.g. TF's MBConv skips the expansion when e = 1: the same computation as ds.
     if role != "block":
-        if op != "cv":
+        if not OPS[str(op)].stem_head:
             sink.error(f"the {role} is a regular convolution: write `cv_...`", spans.get("op", span))
             ok = False
         if fields.get("fixed_repeats"):
@@ -529,11 +519,26 @@ def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, 
 
 _NUMRE = r"[0-9]+(?:\.[0-9]+)?"
 _CANON = re.compile(
-    r"(?:(mb|ds|cv|ir|cn)_)?(?:r([0-9]{1,9})_)?k([0-9]{1,9})(?:_s([0-9]{1,2}))?(?:_e(" + _NUMRE + r"))?"
+    r"(?:(" + _OP_RE + r")_)?(?:r([0-9]{1,9})_)?k([0-9]{1,9})(?:_s([0-9]{1,2}))?(?:_e(" + _NUMRE + r"))?"
     r"(?:_i([0-9]{1,9}))?_o([0-9]{1,9})(?:x(" + _NUMRE + r"))?(?:_se(" + _NUMRE + r"))?"
     r"(?:_(noskip|pool|id))?(?:_(relu6|relu|hswish|swish|nre|nr6|nhs|nsw))?\Z")
-_STRIDES = {"1": (1, 1), "2": (2, 2), "11": (1, 1), "22": (2, 2), "12": (1, 2), "21": (2, 1)}
 _SKIPS = {None: "default", "id": "default", "noskip": "noskip", "pool": "pool"}
+
+
+def _fast_int(key: str, text: str | None, default: int | None = None) -> int | None:
+    if text is None:
+        return default
+    n = int(text)
+    return None if int_error(key, n) else n
+
+
+def _fast_float(key: str, text: str | None, default: float) -> float | None:
+    if text is None:
+        return default
+    if len(text) > MAX_NUMBER_TEXT:
+        return None
+    x = float(text)
+    return None if float_error(key, x, text) else x
 
 
 def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span: Span | None = None
@@ -544,58 +549,35 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
     if m is None:
         return None
     op, r, k, st, e, i, o, x, se, skip, act = m.groups()
+    op = OP_ALIASES.get(op, op) if op else None
     if role != "block":
-        if (op not in (None, "cv", "cn") or (r is not None and r != "1") or e is not None or i is not None
-                or x is not None or se is not None or skip is not None
+        if ((op is not None and not OPS[op].stem_head) or (r is not None and r != "1") or e is not None
+                or i is not None or x is not None or se is not None or skip is not None
                 or (role == "head" and st not in (None, "1", "11"))):
             return None
         op = "cv"
-    repeats = int(r) if r else 1
-    kernel = int(k)
-    if not (1 <= repeats <= MAX_REPEATS and 1 <= kernel <= MAX_KERNEL and kernel % 2):
+    spec = OPS[op or DEFAULT_OP]
+    repeats = _fast_int("r", r, 1)
+    kernel = _fast_int("k", k)
+    stride = STRIDES.get(st, None) if st is not None else (1, 1)
+    exp = _fast_float("e", e, 1.0)
+    cin = _fast_int("i", i)
+    out = _fast_int("o", o)
+    factor = _fast_float("x", x, 1.0)
+    ratio = _fast_float("se", se, 0.0)
+    if (repeats is None or kernel is None or stride is None or exp is None or (i is not None and cin is None)
+            or out is None or factor is None or ratio is None or round(out * factor) > MAX_CHANNELS
+            or (not spec.expands and exp != 1.0)):
         return None
-    stride = _STRIDES.get(st, None) if st is not None else (1, 1)
-    if stride is None:
-        return None
-    op = OP_ALIASES.get(op, op) if op else "mb"
-    exp = 1.0
-    if e is not None:
-        if len(e) > 24:
-            return None
-        exp = float(e)
-        if not 1.0 <= exp <= MAX_EXPANSION or (op != "mb" and exp != 1.0):
-            return None
-    if op == "mb" and exp == 1.0:
-        op = "ds"
-    cin = None
-    if i is not None:
-        cin = int(i)
-        if not 1 <= cin <= MAX_CHANNELS:
-            return None
-    out = int(o)
-    if not 1 <= out <= MAX_CHANNELS:
-        return None
-    factor = 1.0
-    if x is not None:
-        if len(x) > 24:
-            return None
-        factor = float(x)
-        if not 0.0 < factor <= MAX_FACTOR or round(out * factor) > MAX_CHANNELS:
-            return None
-    ratio = 0.0
-    if se is not None:
-        if len(se) > 24:
-            return None
-        ratio = float(se)
-        if ratio > 1.0:
-            return None
+    if spec.e1_op is not None and exp == 1.0:
+        spec = OPS[spec.e1_op]
     if span is None:
         span = Span(line, col, line, col + len(text))
     spans = {}
     if cin is not None:
         a = m.start(6)
         spans["input"] = Span(line, col + a, line, col + m.end(6))
-    return new_block(span, spans, op, repeats, kernel, stride, exp, cin, out, factor, ratio, _SKIPS[skip],
+    return new_block(span, spans, spec.name, repeats, kernel, stride, exp, cin, out, factor, ratio, _SKIPS[skip],
                      ACT_ALIASES.get(act, act) if act else None)
 
 
@@ -663,7 +645,7 @@ def parse_block_lark(text: str) -> Block:
 def format_block(b: Block, role: str = "block") -> str:
     """Canonical spelling: TF's field order plus the extensions; ``mb`` prefix and defaults omitted."""
     parts: list[str] = []
-    if b.op != "mb" or role != "block":
+    if b.op != DEFAULT_OP or role != "block":
         parts.append(b.op)
     if role == "block":
         parts.append(f"r{b.repeats}")
@@ -672,7 +654,7 @@ def format_block(b: Block, role: str = "block") -> str:
     parts.append(f"k{b.kernel}")
     if role != "head" or b.stride != (1, 1):
         parts.append(f"s{b.stride[0]}{b.stride[1]}")
-    if b.op == "mb":
+    if OPS[b.op].expands:
         parts.append(f"e{_fmt_num(b.expansion)}")
     if b.input is not None:
         parts.append(f"i{b.input}")

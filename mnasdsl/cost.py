@@ -8,6 +8,7 @@ and residual adds are free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .ir import Network
@@ -33,23 +34,37 @@ class Cost(NamedTuple):
         }
 
 
+def _cv(layer: Layer) -> tuple[int, int]:
+    """Regular k x k conv + BN."""
+    (_, _, cin), (ho, wo, cout), k = layer.in_shape, layer.out_shape, layer.kernel
+    return k * k * cin * cout + 2 * cout, ho * wo * k * k * cin * cout
+
+
+def _ds(layer: Layer) -> tuple[int, int]:
+    """Depthwise k x k + BN, pointwise 1x1 + BN."""
+    (_, _, cin), (ho, wo, cout), k = layer.in_shape, layer.out_shape, layer.kernel
+    return k * k * cin + 2 * cin + cin * cout + 2 * cout, ho * wo * (k * k * cin + cin * cout)
+
+
+def _mb(layer: Layer) -> tuple[int, int]:
+    """1x1 expansion + BN, depthwise k x k + BN, 1x1 projection + BN."""
+    (hi, wi, cin), (ho, wo, cout), k, mid = layer.in_shape, layer.out_shape, layer.kernel, layer.mid
+    params = cin * mid + 2 * mid + k * k * mid + 2 * mid + mid * cout + 2 * cout
+    return params, hi * wi * cin * mid + ho * wo * (k * k * mid + mid * cout)
+
+
+# The op's own convs (SE and the pool skip's projection are shared, below). One entry per registered op.
+COST: dict[str, Callable[[Layer], tuple[int, int]]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+
+
 def layer_cost(layer: Layer) -> tuple[int, int]:
     """(params, macs) of one lowered layer."""
-    hi, wi, cin = layer.in_shape
-    ho, wo, cout = layer.out_shape
-    k = layer.kernel
     if layer.kind == "classifier":
+        cin, cout = layer.in_shape[2], layer.out_shape[2]
         return cin * cout + cout, cin * cout
-    if layer.op == "cv":
-        params = k * k * cin * cout + 2 * cout
-        macs = ho * wo * k * k * cin * cout
-    elif layer.op == "ds":
-        params = k * k * cin + 2 * cin + cin * cout + 2 * cout
-        macs = ho * wo * (k * k * cin + cin * cout)
-    else:  # mb
-        mid = layer.mid
-        params = cin * mid + 2 * mid + k * k * mid + 2 * mid + mid * cout + 2 * cout
-        macs = hi * wi * cin * mid + ho * wo * (k * k * mid + mid * cout)
+    params, macs = COST[layer.op](layer)
+    ho, wo, cout = layer.out_shape
+    cin = layer.in_shape[2]
     if layer.se:
         ch, r = layer.mid, layer.se
         params += ch * r + r + r * ch + ch

@@ -12,8 +12,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .diagnostics import Span
+from .ops import OP_ALIASES as OP_ALIASES
+from .ops import OP_NAMES, OPS
+from .ops.fields import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_EXPANSION,
+    MAX_FACTOR,
+    MAX_KERNEL,
+    MAX_MULTIPLIER,
+    MAX_REPEATS,
+    MAX_RESOLUTION,
+)
 
-Op = Literal["mb", "ds", "cv"]
+Op = Literal[OP_NAMES]  # type: ignore[valid-type]  # the registry's canonical tokens
 Skip = Literal["default", "noskip", "pool"]
 Activation = Literal["relu", "relu6", "swish", "hswish"]
 Padding = Literal["same", "symmetric"]
@@ -21,17 +33,6 @@ HeadMode = Literal["fixed", "scaled"]
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "relu6", "swish", "hswish")
 ACT_ALIASES: dict[str, str] = {"nre": "relu", "nr6": "relu6", "nsw": "swish", "nhs": "hswish"}
-OP_ALIASES: dict[str, str] = {"ir": "mb", "cn": "cv"}
-
-# Sanity limits: reject absurd values with a message instead of a MemoryError later.
-MAX_CHANNELS = 32768
-MAX_RESOLUTION = 8192
-MAX_CLASSES = 1_000_000
-MAX_REPEATS = 64
-MAX_EXPANSION = 64.0
-MAX_KERNEL = 11
-MAX_FACTOR = 16.0
-MAX_MULTIPLIER = 16.0
 
 _NO_COMPARE = frozenset({"span", "spans"})
 
@@ -113,9 +114,10 @@ class Block(Node):
             raise ValueError(f"kernel must be odd, got {self.kernel}")
         if any(s not in (1, 2) for s in self.stride):
             raise ValueError(f"stride must be 1 or 2 per axis, got {self.stride}")
-        if self.op == "mb" and self.expansion == 1.0:
-            raise ValueError("an `mb` block with expansion 1 is a `ds` block; use op='ds'")
-        if self.op != "mb" and self.expansion != 1.0:
+        spec = OPS[self.op]
+        if spec.e1_op is not None and self.expansion == 1.0:
+            raise ValueError(f"an `{self.op}` block with expansion 1 is a `{spec.e1_op}` block; use op='{spec.e1_op}'")
+        if not spec.expands and self.expansion != 1.0:
             raise ValueError(f"expansion has no meaning for a `{self.op}` block")
         if round(self.output * self.output_factor) > MAX_CHANNELS:
             raise ValueError("output channels too large")

@@ -11,6 +11,7 @@ from typing import Literal, NamedTuple
 
 from .diagnostics import Diagnostic, MnasError
 from .ir import Block, Network
+from .ops import OPS, se_channels
 from .rounding import round_filters, round_repeats
 
 LayerKind = Literal["stem", "block", "head", "classifier"]
@@ -18,12 +19,12 @@ ResolvedSkip = Literal["none", "identity", "pool"]
 
 
 class Layer(NamedTuple):
-    """One concrete layer. ``mid`` is the width the depthwise conv and SE act on
-    (``cin`` for ds, ``cin*e`` for mb, ``cout`` for cv)."""
+    """One concrete layer. ``mid`` is the width the depthwise conv and SE act on, as the op's
+    :class:`~mnasdsl.ops.OpSpec` sizes it (``cin`` for ds, ``cin*e`` for mb, ``cout`` for cv)."""
 
     name: str
     kind: LayerKind
-    op: str  # "cv" | "ds" | "mb" | "fc"
+    op: str  # a registered op (mnasdsl.ops), or "fc" for the classifier
     block: int  # index of the source block (-1 for stem/head/classifier)
     repeat: int
     in_shape: tuple[int, int, int]  # H, W, C
@@ -105,6 +106,7 @@ def lower(
                     blk.field_span("input")))
         act = blk.act or default_act
         op, k, e, ratio, bskip = blk.op, blk.kernel, blk.expansion, blk.se, blk.skip
+        mid_of = OPS[op].mid
         repeats = blk.repeats if d_mult == 1.0 or blk.fixed_repeats else round_repeats(blk.repeats, d_mult)
         stride = blk.stride
         for r in range(repeats):
@@ -112,7 +114,7 @@ def lower(
                 stride = (1, 1)
             cin = c
             oh, ow = -(-h // stride[0]), -(-w // stride[1])
-            mid = int(cin * e + 0.5) if op == "mb" else cin if op == "ds" else cout
+            mid = mid_of(cin, cout, e, None, 1)
             same = cin == cout and stride == (1, 1)
             if bskip == "noskip":
                 skip: ResolvedSkip = "none"
@@ -120,7 +122,7 @@ def lower(
                 skip = "identity"
             else:
                 skip = "pool" if bskip == "pool" else "none"
-            se = (max(1, int(cin * ratio)) if ratio > 0 else 0)
+            se = se_channels(cin, ratio)
             layers.append(new(Layer, (
                 f"blocks.{bi}.{r}", "block", op, bi, r, (h, w, cin), (oh, ow, cout), k, stride,
                 e, mid, ratio, se, skip, skip == "pool" and cin != cout, act)))

@@ -33,13 +33,3 @@ def round_repeats(repeats: int, depth: float = 1.0) -> int:
     if depth == 1.0:
         return repeats
     return int(math.ceil(depth * repeats - 1e-9))
-
-
-def expanded_channels(cin: int, expansion: float) -> int:
-    """Channels after the 1x1 expansion: cin * e, rounded half up (exact for integer e)."""
-    return int(cin * expansion + 0.5)
-
-
-def se_channels(cin: int, ratio: float) -> int:
-    """SE bottleneck width from the block's *actual* input channels, as TF sizes it."""
-    return max(1, int(cin * ratio)) if ratio > 0 else 0

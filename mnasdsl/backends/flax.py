@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -141,24 +141,69 @@ class SqueezeExcite(nnx.Module):
         return x * s[:, None, None, :]
 
 
+class _Ctx(NamedTuple):
+    """What every op's module builder needs besides the layer."""
+
+    padding: str
+    bn: tuple[float, float]
+    dtype: Any
+    impl: str
+    rng: np.random.Generator
+
+
+Make = Callable[[], nnx.Module]
+
+
+class _Parts(NamedTuple):
+    """An op's main-path modules as factories; Block builds them in this order with the SE between
+    ``conv`` and ``project`` (the order fixes which random numbers each weight draws)."""
+
+    expand: Make | None = None
+    dw: Make | None = None
+    conv: Make | None = None
+    project: Make | None = None
+
+
+def _cv(ly: Layer, c: _Ctx) -> _Parts:
+    return _Parts(conv=lambda: ConvBN(ly.in_shape[2], ly.out_shape[2], ly.kernel, ly.stride, ly.act, c.padding,
+                                      c.bn, c.dtype, c.rng))
+
+
+def _ds(ly: Layer, c: _Ctx) -> _Parts:
+    return _Parts(
+        dw=lambda: DepthwiseBN(ly.mid, ly.kernel, ly.stride, ly.act, c.padding, c.bn, c.dtype, c.impl, c.rng),
+        project=lambda: ConvBN(ly.mid, ly.out_shape[2], 1, (1, 1), "none", c.padding, c.bn, c.dtype, c.rng))
+
+
+def _mb(ly: Layer, c: _Ctx) -> _Parts:
+    return _ds(ly, c)._replace(
+        expand=lambda: ConvBN(ly.in_shape[2], ly.mid, 1, (1, 1), ly.act, c.padding, c.bn, c.dtype, c.rng))
+
+
+# One entry per registered op (mnasdsl.ops): the modules of its main path. SE and skips are shared.
+FLAX: dict[str, Callable[[Layer, _Ctx], _Parts]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+
+
+def _make(f: Make | None) -> nnx.Module | None:
+    return f() if f is not None else None
+
+
 class Block(nnx.Module):
-    """One lowered block (mb, ds or cv) with its SE and skip, exactly as the Layer describes it."""
+    """One lowered block with its SE and skip, exactly as the Layer describes it; the op's own
+    modules come from :data:`FLAX`."""
 
     def __init__(self, layer: Layer, padding: str, bn: tuple[float, float], dtype: Any, impl: str,
                  rng: np.random.Generator) -> None:
-        cin, cout, mid, k = layer.in_shape[2], layer.out_shape[2], layer.mid, layer.kernel
+        cin, cout = layer.in_shape[2], layer.out_shape[2]
         self.op, self.skip = layer.op, layer.skip
         self.stride = layer.stride
-        dw = mb_ds = layer.op in ("mb", "ds")
+        parts = FLAX[layer.op](layer, _Ctx(padding, bn, dtype, impl, rng))
         # Absent sub-modules are None, declared as data so nnx treats the slot uniformly.
-        self.expand = nnx.data(ConvBN(cin, mid, 1, (1, 1), layer.act, padding, bn, dtype, rng)
-                               if layer.op == "mb" else None)
-        self.dw = nnx.data(DepthwiseBN(mid, k, layer.stride, layer.act, padding, bn, dtype, impl, rng)
-                           if dw else None)
-        self.conv = nnx.data(None if mb_ds else ConvBN(cin, cout, k, layer.stride, layer.act, padding, bn, dtype,
-                                                       rng))
-        self.se = nnx.data(SqueezeExcite(mid, layer.se, dtype, rng) if layer.se else None)
-        self.project = nnx.data(ConvBN(mid, cout, 1, (1, 1), "none", padding, bn, dtype, rng) if mb_ds else None)
+        self.expand = nnx.data(_make(parts.expand))
+        self.dw = nnx.data(_make(parts.dw))
+        self.conv = nnx.data(_make(parts.conv))
+        self.se = nnx.data(SqueezeExcite(layer.mid, layer.se, dtype, rng) if layer.se else None)
+        self.project = nnx.data(_make(parts.project))
         self.pool_proj = nnx.data(ConvBN(cin, cout, 1, (1, 1), "none", padding, bn, dtype, rng)
                                   if layer.pool_proj else None)
 

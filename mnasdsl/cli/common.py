@@ -22,6 +22,7 @@ from ..diagnostics import MnasError
 from ..fsutil import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported for commands
 from ..ir import Network
 from ..lowering import lower
+from ..ops import OPS
 from ..parser import parse_units, read_source, select
 
 PIPE_WIDTH = 200  # console width when output is not a terminal (rich would assume 80 and wrap tables)
@@ -205,7 +206,7 @@ def layer_text(layer: Any) -> str:
     if layer.kind == "classifier":
         return "pool+fc"
     parts = [layer.op, f"k{layer.kernel}", f"s{layer.stride[0]}{layer.stride[1]}"]
-    if layer.op == "mb":
+    if OPS[layer.op].expands:
         parts.append(f"e{layer.expansion:g}")
     if layer.se:
         parts.append(f"se{layer.se_ratio:g}({layer.se})")

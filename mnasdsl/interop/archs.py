@@ -15,6 +15,7 @@ from ..diagnostics import MnasError
 from ..formatter import format_source
 from ..ir import Network
 from ..lowering import LoweredNetwork, lower
+from ..ops import OPS, make_divisible
 from ..parser import parse
 
 # PyTorch's BatchNorm2d default momentum 0.1 updates running = 0.9*running + 0.1*batch: 0.9 in
@@ -33,7 +34,9 @@ LITE_MEAN = (127.0, 127.0, 127.0)
 LITE_STD = (128.0, 128.0, 128.0)
 
 _TIMM_ACTS = {"re": "relu", "r6": "relu6", "hs": "hswish", "sw": "swish"}
+# timm's block types -> the registered op that computes the same thing.
 _TIMM_TYPES = {"ir": "mb", "ds": "ds", "cn": "cv"}
+_TIMM_TOKEN = {o: t for t, o in _TIMM_TYPES.items()}
 _UNSUPPORTED_TYPES = {
     "dsa": "a depthwise-separable block with an activation after the pointwise conv",
     "er": "an edge-residual block (full kxk expansion conv)",
@@ -113,12 +116,14 @@ def decode_timm_block(text: str) -> TimmBlock:
         raise MnasError(f"timm block string {text!r}: mixed kernels `k{options['k']}` cannot be expressed")
     op = _TIMM_TYPES[btype]
     e = _num(text, "e", options.get("e", "1"), float)
-    if op == "mb" and e == 1.0:
-        # timm's ir keeps a 1x1 expansion conv at e1; the language's mb_e1 is TF's (no expansion).
-        raise MnasError(f"timm block string {text!r}: `ir` with e1 keeps a 1x1 expansion conv in timm; "
-                        "mnasdsl's e1 block has none (write `ds` for that)")
-    if op != "mb" and "e" in options and e != 1.0:
-        raise MnasError(f"timm block string {text!r}: `e{options['e']}` only applies to ir blocks")
+    e1_op = OPS[op].e1_op
+    if e1_op is not None and e == 1.0:
+        # timm keeps an expanding block's expansion conv at e1; the language's e1 block is TF's (none).
+        raise MnasError(f"timm block string {text!r}: `{btype}` with e1 keeps its expansion conv in timm; "
+                        f"mnasdsl's e1 block has none (write `{_TIMM_TOKEN[e1_op]}` for that)")
+    if not OPS[op].expands and "e" in options and e != 1.0:
+        expanding = ", ".join(t for t, o in _TIMM_TYPES.items() if OPS[o].expands)
+        raise MnasError(f"timm block string {text!r}: `e{options['e']}` only applies to {expanding} blocks")
     se = _num(text, "se", options.get("se", "0"), float)
     if op == "cv" and se:
         raise MnasError(f"timm block string {text!r}: cn blocks have no squeeze-excite")
@@ -155,7 +160,7 @@ def _fmt(x: float) -> str:
 
 def _timm_to_block(b: TimmBlock, cin: int) -> str:
     parts = [b.op, f"r{b.repeats}", f"k{b.kernel}", f"s{b.stride}{b.stride}"]
-    if b.op == "mb":
+    if OPS[b.op].expands:
         parts.append(f"e{_fmt(b.expansion)}")
     parts += [f"i{cin}", f"o{b.out}"]
     if b.se:
@@ -220,24 +225,19 @@ def parsed_network(text: str) -> Network:
     return net
 
 
-def _make_divisible(v: float, divisor: int = 8) -> int:
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
-
-
 def check_timm_channels(low: LoweredNetwork) -> None:
     """timm rounds an ir block's expansion to a multiple of 8 and sizes SE with round() on
     mid*se/e; the language (TF's rules) uses in*e and int(in*se). Refuse when they differ, rather
     than print a spec that silently is another network."""
     for ly in low.blocks:
         cin = ly.in_shape[2]
-        if ly.op == "mb":
-            timm_mid = _make_divisible(cin * ly.expansion)
+        if OPS[ly.op].expands:
+            timm_mid = make_divisible(cin * ly.expansion)
             if timm_mid != ly.mid:
                 raise MnasError(f"{ly.name}: timm expands {cin} channels by {_fmt(ly.expansion)} to {timm_mid} "
                                 f"(a multiple of 8), mnasdsl to {ly.mid}: not expressible")
         if ly.se:
-            e = ly.expansion if ly.op == "mb" else 1.0
+            e = ly.expansion
             timm_se = round(ly.mid * (ly.se_ratio / e))
             if timm_se != ly.se:
                 raise MnasError(f"{ly.name}: timm's squeeze-excite has {timm_se} channels, mnasdsl's {ly.se} "

@@ -85,6 +85,32 @@ def _not_representable(scheme: str, ly: Layer, what: str) -> MnasError:
     return MnasError(f"{ly.name}: {what} has no counterpart in the {scheme} layout")
 
 
+def _timm_cv(p: str, at: tuple[Any, ...], ly: Layer) -> Iterator[Slot]:
+    if ly.se:  # timm's ConvBnAct has no squeeze-excite
+        raise _not_representable("timm", ly, "a regular conv with squeeze-excite")
+    yield from _conv_bn(f"{p}.conv", f"{p}.bn1", (*at, "conv"))
+
+
+def _timm_ds(p: str, at: tuple[Any, ...], ly: Layer) -> Iterator[Slot]:
+    yield from _conv_bn(f"{p}.conv_dw", f"{p}.bn1", (*at, "dw"), _dw)
+    if ly.se:
+        yield from _se(f"{p}.se", (*at, "se"))
+    yield from _conv_bn(f"{p}.conv_pw", f"{p}.bn2", (*at, "project"))
+
+
+def _timm_mb(p: str, at: tuple[Any, ...], ly: Layer) -> Iterator[Slot]:
+    yield from _conv_bn(f"{p}.conv_pw", f"{p}.bn1", (*at, "expand"))
+    yield from _conv_bn(f"{p}.conv_dw", f"{p}.bn2", (*at, "dw"), _dw)
+    if ly.se:
+        yield from _se(f"{p}.se", (*at, "se"))
+    yield from _conv_bn(f"{p}.conv_pwl", f"{p}.bn3", (*at, "project"))
+
+
+# timm's tensor names per registered op (mnasdsl.ops): its block class for that op, at prefix ``p``.
+TIMM_NAMES: dict[str, Callable[[str, tuple[Any, ...], Layer], Iterator[Slot]]] = {
+    "cv": _timm_cv, "ds": _timm_ds, "mb": _timm_mb}
+
+
 def _timm(low: LoweredNetwork) -> Iterator[Slot]:
     """timm's EfficientNet family (semnasnet_*, mnasnet_*, mobilenetv2_*): blocks.STAGE.INDEX,
     one stage per block string."""
@@ -98,22 +124,9 @@ def _timm(low: LoweredNetwork) -> Iterator[Slot]:
             yield Slot("classifier.weight", "params", ("classifier_kernel",), _linear)
             yield Slot("classifier.bias", "params", ("classifier_bias",), _same)
         else:
-            p = f"blocks.{ly.block}.{ly.repeat}"
             if ly.skip == "pool":
                 raise _not_representable("timm", ly, "a pool skip")
-            if ly.op == "mb":
-                yield from _conv_bn(f"{p}.conv_pw", f"{p}.bn1", (*at, "expand"))
-                yield from _conv_bn(f"{p}.conv_dw", f"{p}.bn2", (*at, "dw"), _dw)
-                if ly.se:
-                    yield from _se(f"{p}.se", (*at, "se"))
-                yield from _conv_bn(f"{p}.conv_pwl", f"{p}.bn3", (*at, "project"))
-            elif ly.op == "ds":
-                yield from _conv_bn(f"{p}.conv_dw", f"{p}.bn1", (*at, "dw"), _dw)
-                if ly.se:
-                    yield from _se(f"{p}.se", (*at, "se"))
-                yield from _conv_bn(f"{p}.conv_pw", f"{p}.bn2", (*at, "project"))
-            else:
-                yield from _conv_bn(f"{p}.conv", f"{p}.bn1", (*at, "conv"))
+            yield from TIMM_NAMES[ly.op](f"blocks.{ly.block}.{ly.repeat}", at, ly)
 
 
 def _tv_mnasnet(low: LoweredNetwork) -> Iterator[Slot]:

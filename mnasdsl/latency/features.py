@@ -7,6 +7,8 @@ per-multiply-add, per-element and per-kernel-launch rates that the measured ops 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..lowering import Layer
 
 # Order is the order of model coefficients in a LUT file; changing it is a format change.
@@ -31,41 +33,78 @@ def _dw_slot(k: int) -> int:
     return 3
 
 
+class _Acc:
+    """Running totals of one layer's features."""
+
+    __slots__ = ("dense", "elems", "weights", "ops", "dw")
+
+    def __init__(self) -> None:
+        self.dense = self.elems = self.weights = 0.0
+        self.ops = 0
+        self.dw = [0.0, 0.0, 0.0]  # depthwise MACs (millions) by kernel bucket
+
+    def depthwise(self, k: int, macs: float) -> None:
+        self.dw[_dw_slot(k) - 1] += macs / 1e6
+
+
+def _cv(layer: Layer, a: _Acc) -> None:
+    """Regular conv: im2col (k>1) then GEMM."""
+    (hi, wi, cin), (ho, wo, cout), k = layer.in_shape, layer.out_shape, layer.kernel
+    pin, pout = hi * wi, ho * wo
+    a.dense += pout * k * k * cin * cout
+    a.elems += pin * cin + pout * cout + (2 * pout * k * k * cin if k > 1 else 0)
+    a.weights += k * k * cin * cout
+    a.ops += 1
+
+
+def _dw_project(layer: Layer, a: _Acc) -> None:
+    """Depthwise k x k over ``mid`` channels, then the 1x1 projection."""
+    (ho, wo, cout), k, mid = layer.out_shape, layer.kernel, layer.mid
+    pout = ho * wo
+    a.depthwise(k, pout * k * k * mid)
+    a.elems += 2 * pout * mid  # depthwise output written and read by the projection
+    a.weights += k * k * mid
+    a.dense += pout * mid * cout
+    a.elems += pout * cout
+    a.weights += mid * cout
+    a.ops += 2
+
+
+def _ds(layer: Layer, a: _Acc) -> None:
+    hi, wi, cin = layer.in_shape
+    a.elems += hi * wi * cin
+    _dw_project(layer, a)
+
+
+def _mb(layer: Layer, a: _Acc) -> None:
+    """1x1 expansion, then as ds over the expanded width."""
+    (hi, wi, cin), mid = layer.in_shape, layer.mid
+    pin = hi * wi
+    a.dense += pin * cin * mid
+    a.elems += pin * cin + 2 * pin * mid  # read input, write + re-read the expansion
+    a.weights += cin * mid
+    a.ops += 1
+    _dw_project(layer, a)
+
+
+# One entry per registered op (mnasdsl.ops): the features of its own convs; SE, skips shared below.
+FEATURE_FNS: dict[str, Callable[[Layer, _Acc], None]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+
+
 def layer_features(layer: Layer) -> list[float]:
     """The feature vector of one layer (see FEATURES), in the units of the coefficients."""
-    f = [0.0] * N_FEATURES
     hi, wi, cin = layer.in_shape
     ho, wo, cout = layer.out_shape
-    k = layer.kernel
     pin, pout = hi * wi, ho * wo
-    dense = elems = weights = 0.0
-    ops = 0
+    a = _Acc()
     if layer.kind == "classifier":  # global average pool + FC
-        dense += cin * cout
-        elems += pin * cin + cin + cout
-        weights += cin * cout
-        ops += 2
-    elif layer.op == "cv":  # regular conv: im2col (k>1) then GEMM
-        dense += pout * k * k * cin * cout
-        elems += pin * cin + pout * cout + (2 * pout * k * k * cin if k > 1 else 0)
-        weights += k * k * cin * cout
-        ops += 1
-    else:  # ds / mb: [1x1 expand] -> depthwise -> 1x1 project
-        mid = layer.mid
-        if layer.op == "mb":
-            dense += pin * cin * mid
-            elems += pin * cin + 2 * pin * mid  # read input, write + re-read the expansion
-            weights += cin * mid
-            ops += 1
-        else:
-            elems += pin * cin
-        f[_dw_slot(k)] = pout * k * k * mid / 1e6
-        elems += 2 * pout * mid  # depthwise output written and read by the projection
-        weights += k * k * mid
-        dense += pout * mid * cout
-        elems += pout * cout
-        weights += mid * cout
-        ops += 2
+        a.dense += cin * cout
+        a.elems += pin * cin + cin + cout
+        a.weights += cin * cout
+        a.ops += 2
+    else:
+        FEATURE_FNS[layer.op](layer, a)
+    dense, elems, weights, ops = a.dense, a.elems, a.weights, a.ops
     if layer.se:  # pool (read), two tiny FCs, gate multiply (read + write) over the SE'd tensor
         ch = layer.mid
         elems += 3 * pout * ch
@@ -86,6 +125,8 @@ def layer_features(layer: Layer) -> list[float]:
             ops += 1
         elems += 2 * pout * cout
         ops += 1
+    f = [0.0] * N_FEATURES
+    f[1:4] = a.dw
     f[0] = dense / 1e6
     f[4] = elems / 1e6
     f[5] = weights / 1e6

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..diagnostics import MnasError
 from ..lowering import Layer
+from ..ops import OP_NAMES, OPS, se_channels
 from .features import FEATURES
 
 FORMAT = "mnasdsl-lut"
@@ -115,7 +116,8 @@ def op_key(layer: Layer, act: str | None = None) -> str:
             f"-se{_num(layer.se_ratio)}-skip:{layer.skip}-act:{act or layer.act}")
 
 
-_KEY = re.compile(r"^(cv|ds|mb|fc)-i\d+x\d+x\d+-o\d+x\d+x\d+-k\d+-s\d+(x\d+)?-e[0-9.e+-]+-se[0-9.e+-]+"
+_OPS_RE = "|".join((*OP_NAMES, "fc"))  # the registered ops and the classifier
+_KEY = re.compile(r"^(" + _OPS_RE + r")-i\d+x\d+x\d+-o\d+x\d+x\d+-k\d+-s\d+(x\d+)?-e[0-9.e+-]+-se[0-9.e+-]+"
                   r"-skip:(none|identity|pool)-act:[a-z0-9_]+$")
 
 
@@ -264,8 +266,10 @@ def _px_layer(key: str, act: str) -> Layer:
         g = [int(x) for x in m.group(1, 2, 3, 4, 5, 6)]
         e, k, s, idskip = float(m.group(7)), int(m.group(8)), int(m.group(9)), m.group(10) == "1"
         i, o = (g[0], g[1], g[2]), (g[3], g[4], g[5])
-        op = "ds" if e == 1 else "mb"
-        return lay("block", op, i, o, k, s, e, int(i[2] * e + 0.5), "identity" if idskip else "none", act)
+        op = OPS["mb"].e1_op if e == 1 else "mb"  # ProxylessNAS's expanded_conv is an MBConv
+        assert op is not None
+        return lay("block", op, i, o, k, s, e, OPS[op].mid(i[2], o[2], e, None, 1), "identity" if idskip else "none",
+                   act)
     if m := _PX_CONV.match(key):
         g = [int(x) for x in m.group(2, 3, 4, 5, 6, 7)]
         i, o = (g[0], g[1], g[2]), (g[3], g[4], g[5])
@@ -280,8 +284,8 @@ def _px_layer(key: str, act: str) -> Layer:
 
 def layer_for_key(key: str) -> Layer:
     """Rebuild a representative Layer from a canonical key (for fitting on table entries)."""
-    m = re.match(r"^(cv|ds|mb|fc)-i(\d+)x(\d+)x(\d+)-o(\d+)x(\d+)x(\d+)-k(\d+)-s(\d+)(?:x(\d+))?-e([^-]+)-se([^-]+)"
-                 r"-skip:(\w+)-act:(\w+)$", key)
+    m = re.match(r"^(" + _OPS_RE + r")-i(\d+)x(\d+)x(\d+)-o(\d+)x(\d+)x(\d+)-k(\d+)-s(\d+)(?:x(\d+))?-e([^-]+)"
+                 r"-se([^-]+)-skip:(\w+)-act:(\w+)$", key)
     if not m:
         raise MnasError(f"{key!r} is not a canonical op signature")
     op = m.group(1)
@@ -290,11 +294,9 @@ def layer_for_key(key: str) -> Layer:
     k, sh = int(m.group(8)), int(m.group(9))
     sw = int(m.group(10)) if m.group(10) else sh
     e, ratio, skip, act = float(m.group(11)), float(m.group(12)), m.group(13), m.group(14)
-    mid = o[2] if op == "cv" else i[2] if op == "ds" else int(i[2] * e + 0.5)
-    se = max(1, int(i[2] * ratio)) if ratio > 0 else 0
+    mid = i[2] if op == "fc" else OPS[op].mid(i[2], o[2], e, None, 1)
+    se = se_channels(i[2], ratio)
     kind = "classifier" if op == "fc" else "block"
-    if op == "fc":
-        mid = i[2]
     return Layer(kind, kind, "fc" if op == "fc" else op, -1, 0, i, o, k, (sh, sw), e, mid, ratio, se,  # type: ignore[arg-type]
                  skip, skip == "pool" and i[2] != o[2], act)  # type: ignore[arg-type]
 
