@@ -44,7 +44,7 @@ DEFAULT_OP = "mb"  # a block string without an op token
 _OP_RE = "|".join(sorted(OP_TOKENS, key=lambda t: (-len(t), t)))
 # Canonical field order: the TF spelling plus the extensions.
 FIELD_ORDER = ("op", "repeats", "repeats_delta", "fixed_repeats", "kernel", "stride", "expansion", "input", "output",
-               "output_factor", "se", "skip", "act")
+               "output_factor", "force_in", "se", "skip", "act")
 _ORDER_INDEX = {f: i for i, f in enumerate(FIELD_ORDER)}
 
 
@@ -130,9 +130,10 @@ _KEY_DESC = {
     "i": "an input channel count such as i16",
     "o": "an output channel count (o24), a scaled count (o24x0.75) or a relative set (o24x{0.75,1})",
     "se": "a squeeze-excitation ratio such as se0.25",
+    "fc": "a forced input channel count such as fc24",
 }
-_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|" + _OP_RE + "|se|r|k|s|e|i|o)"
-                       r"(.*)$")
+_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|" + _OP_RE
+                       + r"|se|fc|r|k|s|e|i|o)(.*)$")
 
 
 def _split_top(text: str) -> list[tuple[int, str]]:
@@ -191,7 +192,7 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
     return Diagnostic(
         f"unknown field `{field}` in block string",
         span,
-        notes=(f"fields are r, k, s, e, i, o, se; ops {', '.join(OP_NAMES)}; flags noskip, pool, id, relu, relu6, "
+        notes=(f"fields are r, k, s, e, i, o, fc, se; ops {', '.join(OP_NAMES)}; flags noskip, pool, id, relu, relu6, "
                "swish, hswish, fixed",),
     )
 
@@ -200,7 +201,7 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
 # Front end 2: the regex fast path (concrete strings only; anything else goes to Lark)
 
 _FAST_FIELD = re.compile(r"(?:(" + _OP_RE + r")|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed)"
-                         r"|(se|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
+                         r"|(se|fc|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
 _NUM = re.compile(r"[0-9]+(\.[0-9]+)?\Z|\.[0-9]+\Z")
 _DIG = re.compile(r"[0-9]+\Z")
 
@@ -435,6 +436,11 @@ _FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "r
                                                        "fixed_repeats": "fixed"}
 
 
+def _label_of(field: str, value: FieldValue) -> str:
+    """A field's spelling in a block string (``fc24``), for messages."""
+    return f"{_FIELD_KEY.get(field, field)}{_fmt_num(value) if isinstance(value, float) else value}"
+
+
 def _dedupe_check(opts: list[Option], span: Span, sink: DiagnosticSink) -> None:
     seen = set()
     for o in opts:
@@ -466,6 +472,14 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
         ok = False
     if spec.e1_op is not None and e == 1.0:
         op = spec.e1_op  # e.g. TF's MBConv skips the expansion when e = 1: the same computation as ds.
+    for f in ("force_in",):  # optional fields other than e (reported above) the op must declare
+        if f in fields and not OPS[str(op)].takes(f) and role == "block":  # stem/head: reported below
+            takers = ", ".join(f"`{s.name}`" for s in OPS.values() if s.takes(f))
+            what = f"a `{op}` block" if op == spec.name else f"an e1 `{spec.name}` block (a `{op}` block)"
+            verb = "takes" if "," not in takers else "take"
+            sink.error(f"`{_label_of(f, fields[f])}` has no meaning for {what} (only {takers} {verb} it)",
+                       spans.get(f, span))
+            ok = False
     if role != "block":
         if not OPS[str(op)].stem_head:
             sink.error(f"the {role} is a regular convolution: write `cv_...`", spans.get("op", span))
@@ -475,7 +489,7 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
                        f"channels at every width, write `fixed` after the string: `{role} cv_... fixed`)",
                        spans.get("fixed_repeats", span))
             ok = False
-        for f, key in (("expansion", "e"), ("input", "i"), ("se", "se"), ("skip", "noskip/pool/id"),
+        for f, key in (("expansion", "e"), ("input", "i"), ("force_in", "fc"), ("se", "se"), ("skip", "noskip/pool/id"),
                        ("repeats", "r"), ("output_factor", "x")):
             if f in fields and not (f == "repeats" and fields[f] == 1) and not (f == "se" and fields[f] == 0):
                 sink.error(f"`{key}` is not allowed in the {role}", spans.get(f, span))
@@ -494,7 +508,8 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
     return new_block(span, dict(spans), op, int(fields.get("repeats", 1)),  # type: ignore[arg-type]
                      int(fields["kernel"]), fields.get("stride", (1, 1)), e,  # type: ignore[arg-type]
                      fields.get("input"), output, factor, float(fields.get("se", 0.0)),  # type: ignore[arg-type]
-                     fields.get("skip", "default"), fields.get("act"), bool(fields.get("fixed_repeats", False)))
+                     fields.get("skip", "default"), fields.get("act"), bool(fields.get("fixed_repeats", False)),
+                     fields.get("force_in"))  # type: ignore[arg-type]
 
 
 # Shared: pydantic copies fields_set before mutating it (model_copy), so one set serves all.
@@ -504,13 +519,13 @@ _obj_setattr = object.__setattr__
 
 def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, kernel: int, stride: Any,
               expansion: float, input: Any, output: int, output_factor: float, se: float, skip: Any,
-              act: Any, fixed_repeats: bool = False) -> Block:
+              act: Any, fixed_repeats: bool = False, force_in: int | None = None) -> Block:
     """Construct an already-validated Block without pydantic's per-field machinery (hot path)."""
     b = Block.__new__(Block)
     _obj_setattr(b, "__dict__", {
         "span": span, "spans": spans, "op": op, "repeats": repeats, "kernel": kernel, "stride": stride,
-        "expansion": expansion, "input": input, "output": output, "output_factor": output_factor, "se": se,
-        "skip": skip, "act": act, "fixed_repeats": fixed_repeats})
+        "expansion": expansion, "input": input, "output": output, "output_factor": output_factor,
+        "force_in": force_in, "se": se, "skip": skip, "act": act, "fixed_repeats": fixed_repeats})
     _obj_setattr(b, "__pydantic_fields_set__", _BLOCK_FIELDS_SET)
     _obj_setattr(b, "__pydantic_extra__", None)
     _obj_setattr(b, "__pydantic_private__", None)
@@ -520,7 +535,7 @@ def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, 
 _NUMRE = r"[0-9]+(?:\.[0-9]+)?"
 _CANON = re.compile(
     r"(?:(" + _OP_RE + r")_)?(?:r([0-9]{1,9})_)?k([0-9]{1,9})(?:_s([0-9]{1,2}))?(?:_e(" + _NUMRE + r"))?"
-    r"(?:_i([0-9]{1,9}))?_o([0-9]{1,9})(?:x(" + _NUMRE + r"))?(?:_se(" + _NUMRE + r"))?"
+    r"(?:_i([0-9]{1,9}))?_o([0-9]{1,9})(?:x(" + _NUMRE + r"))?(?:_fc([0-9]{1,9}))?(?:_se(" + _NUMRE + r"))?"
     r"(?:_(noskip|pool|id))?(?:_(relu6|relu|hswish|swish|nre|nr6|nhs|nsw))?\Z")
 _SKIPS = {None: "default", "id": "default", "noskip": "noskip", "pool": "pool"}
 
@@ -548,11 +563,11 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
     m = _CANON.match(text)
     if m is None:
         return None
-    op, r, k, st, e, i, o, x, se, skip, act = m.groups()
+    op, r, k, st, e, i, o, x, fc, se, skip, act = m.groups()
     op = OP_ALIASES.get(op, op) if op else None
     if role != "block":
         if ((op is not None and not OPS[op].stem_head) or (r is not None and r != "1") or e is not None
-                or i is not None or x is not None or se is not None or skip is not None
+                or i is not None or x is not None or fc is not None or se is not None or skip is not None
                 or (role == "head" and st not in (None, "1", "11"))):
             return None
         op = "cv"
@@ -565,12 +580,15 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
     out = _fast_int("o", o)
     factor = _fast_float("x", x, 1.0)
     ratio = _fast_float("se", se, 0.0)
+    force_in = _fast_int("fc", fc)
     if (repeats is None or kernel is None or stride is None or exp is None or (i is not None and cin is None)
             or out is None or factor is None or ratio is None or round(out * factor) > MAX_CHANNELS
-            or (not spec.expands and exp != 1.0)):
+            or (not spec.expands and exp != 1.0) or (fc is not None and force_in is None)):
         return None
     if spec.e1_op is not None and exp == 1.0:
         spec = OPS[spec.e1_op]
+    if force_in is not None and not spec.takes("force_in"):
+        return None
     if span is None:
         span = Span(line, col, line, col + len(text))
     spans = {}
@@ -578,7 +596,7 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
         a = m.start(6)
         spans["input"] = Span(line, col + a, line, col + m.end(6))
     return new_block(span, spans, spec.name, repeats, kernel, stride, exp, cin, out, factor, ratio, _SKIPS[skip],
-                     ACT_ALIASES.get(act, act) if act else None)
+                     ACT_ALIASES.get(act, act) if act else None, False, force_in)
 
 
 def build_block(elems: tuple[Elem, ...], span: Span | None, sink: DiagnosticSink, role: str = "block") -> Block | None:
@@ -659,6 +677,8 @@ def format_block(b: Block, role: str = "block") -> str:
     if b.input is not None:
         parts.append(f"i{b.input}")
     parts.append(f"o{b.output}" + (f"x{_fmt_num(b.output_factor)}" if b.output_factor != 1.0 else ""))
+    if b.force_in is not None:
+        parts.append(f"fc{b.force_in}")
     if b.se:
         parts.append(f"se{_fmt_num(b.se)}")
     if b.skip != "default":

@@ -53,8 +53,14 @@ def _mb(layer: Layer) -> tuple[int, int]:
     return params, hi * wi * cin * mid + ho * wo * (k * k * mid + mid * cout)
 
 
+def _er(layer: Layer) -> tuple[int, int]:
+    """k x k expansion conv + BN (strided), 1x1 projection + BN."""
+    (_, _, cin), (ho, wo, cout), k, mid = layer.in_shape, layer.out_shape, layer.kernel, layer.mid
+    return k * k * cin * mid + 2 * mid + mid * cout + 2 * cout, ho * wo * (k * k * cin * mid + mid * cout)
+
+
 # The op's own convs (SE and the pool skip's projection are shared, below). One entry per registered op.
-COST: dict[str, Callable[[Layer], tuple[int, int]]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+COST: dict[str, Callable[[Layer], tuple[int, int]]] = {"cv": _cv, "ds": _ds, "mb": _mb, "er": _er}
 
 
 def layer_cost(layer: Layer) -> tuple[int, int]:

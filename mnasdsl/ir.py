@@ -101,6 +101,9 @@ class Block(Node):
     input: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     output: int = Field(ge=1, le=MAX_CHANNELS)
     output_factor: float = Field(1.0, gt=0.0, le=MAX_FACTOR)
+    # `fc24` (timm's force_in_chs): the expansion is sized from these channels (scaled by the width
+    # multiplier as outputs are) instead of the actual input's; only ops declaring `force_in` take it.
+    force_in: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     se: float = Field(0.0, ge=0.0, le=1.0)
     skip: Skip = "default"
     act: Activation | None = None
@@ -119,6 +122,8 @@ class Block(Node):
             raise ValueError(f"an `{self.op}` block with expansion 1 is a `{spec.e1_op}` block; use op='{spec.e1_op}'")
         if not spec.expands and self.expansion != 1.0:
             raise ValueError(f"expansion has no meaning for a `{self.op}` block")
+        if self.force_in is not None and not spec.takes("force_in"):
+            raise ValueError(f"a forced input width (fc) has no meaning for a `{self.op}` block")
         if round(self.output * self.output_factor) > MAX_CHANNELS:
             raise ValueError("output channels too large")
         return self

@@ -107,6 +107,8 @@ def lower(
         act = blk.act or default_act
         op, k, e, ratio, bskip = blk.op, blk.kernel, blk.expansion, blk.se, blk.skip
         mid_of = OPS[op].mid
+        # `fc`: the expansion is sized from this width, scaled as the block's outputs are (timm's rule).
+        force_in = round_filters(blk.force_in, 1.0, w_mult, div, mind) if blk.force_in is not None else None
         repeats = blk.repeats if d_mult == 1.0 or blk.fixed_repeats else round_repeats(blk.repeats, d_mult)
         stride = blk.stride
         for r in range(repeats):
@@ -114,7 +116,7 @@ def lower(
                 stride = (1, 1)
             cin = c
             oh, ow = -(-h // stride[0]), -(-w // stride[1])
-            mid = mid_of(cin, cout, e, None, 1)
+            mid = mid_of(cin, cout, e, force_in, 1)
             same = cin == cout and stride == (1, 1)
             if bskip == "noskip":
                 skip: ResolvedSkip = "none"

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
 SPECS = ["mnasnet-a1", "mnasnet-b1", "mnasnet-small", "mnasnet-d1", "mobilenet-v2"]
 
-# Every feature of the language in one network: cv/ds/mb, SE, identity, pool with and without
-# the projection (and a stride-1 pool that is only a projection), noskip, strides 2x2, 1x2, 2x1
-# on odd sizes, and all activations (swish the default, hswish on the stem).
+# Every feature of the language in one network: cv/ds/mb/er (with a forced input width), SE,
+# identity, pool with and without the projection (and a stride-1 pool that is only a projection),
+# noskip, strides 2x2, 1x2, 2x1 on odd sizes, and all activations (swish the default, hswish on the stem).
 EVERY = """\
 network every_feature:
   input 25x21x3
@@ -38,6 +38,8 @@ network every_feature:
     r1_k3_s11_e6_i32_o40_pool
     cv_r1_k3_s22_i40_o40_noskip_relu6
     r1_k7_s22_e4_i40_o48_se0.25_pool
+    er_r2_k3_s11_e4_i48_o48_se0.25
+    er_r1_k5_s22_e3_i48_o56_fc32_pool_relu
   head cv_k1_o64 fixed
 """
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from mnasdsl.ir import Block, Network
+from mnasdsl.ops import OP_NAMES, OPS
 
 acts = st.sampled_from([None, "relu", "relu6", "swish", "hswish"])
 
 
 @st.composite
 def blocks(draw: st.DrawFn) -> Block:
-    op = draw(st.sampled_from(["mb", "ds", "cv"]))
-    e = draw(st.sampled_from([2.0, 3.0, 4.0, 6.0, 2.5, 1.5])) if op == "mb" else 1.0
+    op = draw(st.sampled_from(OP_NAMES))
+    e = draw(st.sampled_from([2.0, 3.0, 4.0, 6.0, 2.5, 1.5])) if OPS[op].expands else 1.0
+    force_in = draw(st.sampled_from([None, 8, 24])) if OPS[op].takes("force_in") else None
     factor = draw(st.sampled_from([1.0, 1.0, 0.75, 1.25, 0.5]))
     return Block(
         op=op,
@@ -22,6 +24,7 @@ def blocks(draw: st.DrawFn) -> Block:
         expansion=e,
         output=draw(st.integers(1, 96)),
         output_factor=factor,
+        force_in=force_in,
         se=draw(st.sampled_from([0.0, 0.25, 0.5, 0.125])),
         skip=draw(st.sampled_from(["default", "noskip", "pool"])),
         act=draw(acts),

@@ -16,12 +16,13 @@ PIECES = [
     "s1", "s3", "s123", "s", "e1", "e6", "e2.5", "e0.5", "e100", "e6.", "e.5", "e1.0", "i16", "i0", "i8",
     "o24", "o0", "o8", "o24x0.75", "o24x0", "o24x1", "o24x20", "o99999", "ox1", "se0", "se0.25", "se1", "se2",
     "se.5", "se", "noskip", "pool", "id", "relu", "relu6", "swish", "hswish", "nre", "nr6", "nsw", "nhs", "mb",
-    "ds", "cv", "ir", "cn", "q3", "", "k{3,5}", "{cv,ds}", "x", "r1{-1,+0}", "o24x{0.75,1}", "k3 ", "é",
+    "ds", "cv", "ir", "cn", "er", "fc24", "fc0", "fc", "fc8x2",
+    "q3", "", "k{3,5}", "{cv,ds}", "x", "r1{-1,+0}", "o24x{0.75,1}", "k3 ", "é",
     "12345678901", "se0.2500000000000000000000001",
 ]
 
 block_strings = st.lists(st.sampled_from(PIECES), min_size=0, max_size=9).map("_".join) | st.text(
-    alphabet="rkseio0123456789._x{},+-nopldcvmbw", max_size=24)
+    alphabet="rkseiof0123456789._x{},+-nopldcvmbw", max_size=24)
 
 
 def outcome(f, s):  # type: ignore[no-untyped-def]

@@ -39,6 +39,8 @@ network tiny:
     r1_k3_s22_e2.5_i16_o16_pool
     r1_k3_s11_e6_i16_o24_relu
     cv_r1_k3_s22_i24_o24_noskip
+    er_r1_k3_s11_e4_i24_o24_se0.25
+    er_r1_k5_s21_e2.5_i24_o32_fc16_pool_relu6
   head cv_k1_o32 fixed
 """
 
@@ -142,7 +144,11 @@ def reference_forward(model: fb.MnasNet, x: np.ndarray) -> np.ndarray:
         inp = y
         if layer.op == "mb":
             y = _convbn(y, m.expand, layer.act)
-        if layer.op in ("mb", "ds"):
+        if layer.op == "er":  # fused MBConv: a strided k x k conv to the expanded width
+            w = np.asarray(m.conv.kernel[...], np.float64)
+            assert w.shape == (layer.kernel, layer.kernel, layer.in_shape[2], layer.mid)
+            y = _act(_bn(_conv(y, w, layer.stride, low.padding), m.conv.bn), layer.act)
+        elif layer.op in ("mb", "ds"):
             dw = m.dw
             y = _act(_bn(_conv(y, np.asarray(dw.kernel[...], np.float64), layer.stride, low.padding, True), dw.bn),
                      layer.act)
@@ -154,7 +160,7 @@ def reference_forward(model: fb.MnasNet, x: np.ndarray) -> np.ndarray:
             s = np.maximum(s @ np.asarray(se.reduce_kernel[...]) + np.asarray(se.reduce_bias[...]), 0)
             s = 1 / (1 + np.exp(-(s @ np.asarray(se.expand_kernel[...]) + np.asarray(se.expand_bias[...]))))
             y = y * s[:, None, None, :]
-        if layer.op in ("mb", "ds"):
+        if layer.op in ("mb", "ds", "er"):
             y = _convbn(y, m.project, "none")
         if layer.skip == "identity":
             y = y + inp

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import mnasdsl
@@ -37,3 +39,147 @@ def test_expansion_only_on_expanding_ops() -> None:
             continue
         with pytest.raises(MnasError, match="has no meaning"):
             parse_block(f"{name}_r1_k3_e4_o16")
+
+
+# --- er: fused MBConv -------------------------------------------------------------------------
+
+ER_NET = """\
+network er_net:
+  input 32x32x3
+  classes 10
+  width WIDTH
+  stem cv_k3_s22_o32
+  blocks
+    er_r1_k3_s11_e4_i32_o24_fc24_noskip
+    er_r2_k3_s22_e8_i24_o32_se0.25
+    r1_k5_s22_e6_i32_o40
+  head cv_k1_o128
+"""
+
+
+def er_net(width: float = 1.0) -> mnasdsl.Network:
+    return mnasdsl.parse(ER_NET.replace("WIDTH", repr(width)))[0]
+
+
+def test_er_lowering_widths_and_skips() -> None:
+    low = mnasdsl.lower(er_net())
+    b = low.blocks
+    assert [ly.op for ly in b] == ["er", "er", "er", "mb"]
+    assert b[0].mid == 96 and b[0].skip == "none"  # fc24 x e4, not 32 x 4
+    assert b[1].mid == 24 * 8 and b[1].se == 6 and b[1].stride == (2, 2) and b[1].skip == "none"
+    assert b[2].mid == 32 * 8 and b[2].se == 8 and b[2].skip == "identity"
+    # fc scales with the width multiplier as outputs do (timm rounds force_in_chs with round_chs_fn)
+    half = mnasdsl.lower(er_net(0.5)).blocks[0]
+    assert half.in_shape[2] == 16 and half.mid == 16 * 4
+
+
+def test_er_e1_is_cv_and_formats_canonically() -> None:
+    assert parse_block("er_r1_k3_e1_o16") == parse_block("cv_r1_k3_o16")
+    b = parse_block("er_fc24_k3_e4_o24_r1_noskip_s11")
+    assert mnasdsl.blocks.format_block(b) == "er_r1_k3_s11_e4_o24_fc24_noskip"
+    assert parse_block(mnasdsl.blocks.format_block(b)) == b
+
+
+def test_er_cost_equals_flax_params_per_layer() -> None:
+    from flax import nnx
+
+    for w in (1.0, 0.5, 1.4):
+        net = er_net(w)
+        model = flax_backend.abstract(net)
+        assert model.layer_params() == [c.params for c in mnasdsl.cost(net).layers]
+    k, cin, mid, cout = 3, 24, 192, 32
+    ly = mnasdsl.lower(er_net()).blocks[1]
+    p, macs = COST["er"](ly)
+    assert p == k * k * cin * mid + 2 * mid + mid * cout + 2 * cout
+    assert macs == 8 * 8 * (k * k * cin * mid + mid * cout)
+    assert flax_backend.count_params(flax_backend.build(er_net(), rngs=nnx.Rngs(0))) == mnasdsl.cost(er_net()).params
+
+
+@pytest.mark.parametrize("text, col, message", [
+    ("mb_k3_e4_o16_fc24", 16, "`fc24` has no meaning for a `mb` block (only `er` takes it)"),
+    ("er_k3_e1_o16_fc24", 16, "`fc24` has no meaning for an e1 `er` block (a `cv` block)"),
+    ("er_k3_e4_o16_fc0", 16, "forced input channels must be between 1 and 32768, got 0"),
+    ("ds_k3_e4_o16", 8, "expansion `e4` has no meaning for a `ds` block (only `mb`, `er` expand)"),
+])
+def test_er_field_errors_point_at_the_field(text: str, col: int, message: str) -> None:
+    with pytest.raises(MnasError) as err:
+        parse_block(text)
+    d = err.value.diagnostics[0]
+    assert message in d.message and d.span.col == col
+
+
+def test_er_in_stem_or_head_is_an_error_with_a_caret(tmp_path: Path) -> None:
+    path = tmp_path / "bad.mnas"
+    path.write_text(ER_NET.replace("WIDTH", "1.0").replace("stem cv_k3_s22_o32", "stem er_k3_s22_e4_o32")
+                    .replace("head cv_k1_o128", "head cv_k1_o128_fc8"))
+    with pytest.raises(MnasError) as err:
+        mnasdsl.load(str(path))
+    msgs = [(d.message, d.span.line, d.span.col) for d in err.value.diagnostics]
+    assert ("the stem is a regular convolution: write `cv_...`", 5, 8) in msgs
+    assert ("`fc` is not allowed in the head", 10, 21) in msgs and len(msgs) == 3
+
+
+def test_er_latency_is_priced_from_features() -> None:
+    from mnasdsl.latency import estimator
+    from mnasdsl.latency.features import layer_features
+
+    low = mnasdsl.lower(er_net())
+    f = layer_features(low.blocks[1])
+    k, cin, mid, cout, pout = 3, 24, 192, 32, 8 * 8
+    assert f[0] * 1e6 == pytest.approx(pout * k * k * cin * mid + pout * mid * cout + 2 * mid * 6)
+    assert f[1:4] == [0.0, 0.0, 0.0]  # no depthwise conv
+    report = estimator.estimate(low, device="pixel1")
+    rows = {r.name: r for r in report.layers}
+    assert report.ms > 0 and all(rows[ly.name].source == "model" and rows[ly.name].ms > 0 for ly in low.blocks[:3])
+
+
+def test_import_arch_accepts_er() -> None:
+    from mnasdsl.interop.archs import Settings, arch_from_timm
+
+    text, _ = arch_from_timm(["er_r1_k3_s1_e4_c24_fc24_noskip", "er_r2_k3_s2_e8_c32", "ir_r1_k5_s2_e8_c96"],
+                             Settings(name="es"))
+    assert "er_r1_k3_s11_e4_i32_o24_fc24_noskip" in text and "er_r2_k3_s22_e8_i24_o32" in text
+    with pytest.raises(MnasError, match="only applies to er blocks"):
+        arch_from_timm(["ir_r1_k3_s1_e4_c24_fc24"], Settings(name="x"))
+
+
+def test_fast_constructor_keeps_the_model_field_order() -> None:
+    """Block equality compares field values in order: the hot-path constructor must store them as pydantic does."""
+    b = parse_block("er_r1_k3_s11_e4_i32_o24_fc24_se0.25_noskip_relu")
+    assert list(b.__dict__) == list(mnasdsl.ir.Block.model_fields)
+    assert b == mnasdsl.ir.Block(**{k: v for k, v in b.__dict__.items() if k not in ("span", "spans")})
+
+
+def test_space_offers_er() -> None:
+    space = mnasdsl.space.Space(mnasdsl.parse("""\
+space fused:
+  input 32x32x3
+  classes 10
+  stem cv_k3_s22_o16
+  blocks
+    {mb_e3,mb_e6,er_e4}_r1_k3_s22_o24
+    {ds,er_e2}_r2_k{3,5}_o24
+  head cv_k1_o64
+""")[0])
+    assert space.size() == 3 * 2 * 2
+    ops = set()
+    for i in range(space.size()):
+        net = space.decode(space.encode(space.sample(i)))
+        ops.update(b.op for b in net.blocks)
+        assert mnasdsl.cost(net).params > 0
+    assert ops == {"mb", "er", "ds"}
+
+
+def test_show_cost_fmt_handle_er(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mnasdsl.cli.main import main
+
+    path = tmp_path / "er.mnas"
+    path.write_text(ER_NET.replace("WIDTH", "1.0").replace("er_r1_k3_s11_e4_i32_o24_fc24_noskip",
+                                                           "er_fc24_r1_k3_e4_i32_o24_noskip"))
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "er k3 s11 e4" in out
+    assert main(["cost", str(path), "--json"]) == 0
+    assert '"params": ' + str(mnasdsl.cost(mnasdsl.load(str(path))).params) in capsys.readouterr().out
+    assert main(["fmt", str(path)]) == 0
+    assert "er_r1_k3_s11_e4_i32_o24_fc24_noskip" in capsys.readouterr().out

@@ -180,8 +180,14 @@ def _mb(ly: Layer, c: _Ctx) -> _Parts:
         expand=lambda: ConvBN(ly.in_shape[2], ly.mid, 1, (1, 1), ly.act, c.padding, c.bn, c.dtype, c.rng))
 
 
+def _er(ly: Layer, c: _Ctx) -> _Parts:
+    return _Parts(
+        conv=lambda: ConvBN(ly.in_shape[2], ly.mid, ly.kernel, ly.stride, ly.act, c.padding, c.bn, c.dtype, c.rng),
+        project=lambda: ConvBN(ly.mid, ly.out_shape[2], 1, (1, 1), "none", c.padding, c.bn, c.dtype, c.rng))
+
+
 # One entry per registered op (mnasdsl.ops): the modules of its main path. SE and skips are shared.
-FLAX: dict[str, Callable[[Layer, _Ctx], _Parts]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+FLAX: dict[str, Callable[[Layer, _Ctx], _Parts]] = {"cv": _cv, "ds": _ds, "mb": _mb, "er": _er}
 
 
 def _make(f: Make | None) -> nnx.Module | None:

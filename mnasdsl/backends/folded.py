@@ -30,6 +30,7 @@ class FoldedConv:
     pads: Pads  # explicit (before, after) for H and W
     groups: int
     act: str  # relu | relu6 | swish | hswish | none
+    part: str = "conv"  # the Flax slot it was folded from (expand, dw, conv, project, pool_proj): its name
 
     @property
     def depthwise(self) -> bool:
@@ -81,11 +82,11 @@ def _fold_bn(kernel: np.ndarray, bn: Any) -> tuple[np.ndarray, np.ndarray]:
     return k.astype(np.float32), (beta - mean * mul).astype(np.float32)
 
 
-def _conv(module: Any, hw: tuple[int, int], padding: str, groups: int = 1) -> FoldedConv:
+def _conv(module: Any, hw: tuple[int, int], padding: str, groups: int = 1, part: str = "conv") -> FoldedConv:
     kernel, bias = _fold_bn(module.kernel, module.bn)
     ksize = int(kernel.shape[0])
     pads = conv_pads(hw, ksize, tuple(module.stride), padding)
-    return FoldedConv(kernel, bias, tuple(module.stride), pads, groups, module.act)
+    return FoldedConv(kernel, bias, tuple(module.stride), pads, groups, module.act, part)
 
 
 def _after(hw: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
@@ -108,9 +109,9 @@ def fold(model: Any) -> FoldedNetwork:
         ops: list[FoldedConv | FoldedSE] = []
         cur = hw
         if mod.expand is not None:
-            ops.append(_conv(mod.expand, cur, pad))
+            ops.append(_conv(mod.expand, cur, pad, part="expand"))
         if mod.dw is not None:
-            ops.append(_conv(mod.dw, cur, pad, groups=ly.mid))
+            ops.append(_conv(mod.dw, cur, pad, groups=ly.mid, part="dw"))
             cur = _after(cur, ly.stride)
         if mod.conv is not None:
             ops.append(_conv(mod.conv, cur, pad))
@@ -120,13 +121,13 @@ def fold(model: Any) -> FoldedNetwork:
             ops.append(FoldedSE(_arr(se.reduce_kernel), _arr(se.reduce_bias), _arr(se.expand_kernel),
                                 _arr(se.expand_bias)))
         if mod.project is not None:
-            ops.append(_conv(mod.project, cur, pad))
+            ops.append(_conv(mod.project, cur, pad, part="project"))
         pool_pads: Pads = ((0, 0), (0, 0))
         proj = None
         if ly.skip == "pool":
             pool_pads = (same_pads(hw[0], ly.stride[0], ly.stride[0]), same_pads(hw[1], ly.stride[1], ly.stride[1]))
             if mod.pool_proj is not None:
-                proj = _conv(mod.pool_proj, _after(hw, ly.stride), pad)
+                proj = _conv(mod.pool_proj, _after(hw, ly.stride), pad, part="pool_proj")
         out.append(FoldedLayer(ly, tuple(ops), ly.skip, ly.stride, pool_pads, proj))
     return FoldedNetwork(low, tuple(out), _arr(model.classifier_kernel), _arr(model.classifier_bias))
 

@@ -128,20 +128,11 @@ class _Graph:
     def layer(self, x: str, fl: FoldedLayer) -> str:
         base = fl.layer.name
         y = x
-        seen_dw = False
         for op in fl.ops:
             if isinstance(op, FoldedSE):
                 y = self.se(y, op, f"{base}/se")
                 continue
-            if fl.layer.kind != "block":
-                part = "conv"
-            elif op.depthwise:
-                part, seen_dw = "dw", True
-            elif any(isinstance(o, FoldedConv) and o.depthwise for o in fl.ops):
-                part = "project" if seen_dw else "expand"
-            else:
-                part = "conv"
-            y = self.conv(y, op, f"{base}/{part}")
+            y = self.conv(y, op, f"{base}/{op.part}")
         if fl.skip == "identity":
             return self.node("Add", [y, x], f"{base}/add")
         if fl.skip == "pool":

@@ -17,6 +17,7 @@ from ..ir import Network
 from ..lowering import LoweredNetwork, lower
 from ..ops import OPS, make_divisible
 from ..parser import parse
+from ..rounding import round_filters
 
 # PyTorch's BatchNorm2d default momentum 0.1 updates running = 0.9*running + 0.1*batch: 0.9 in
 # the TF convention the language uses. torchvision's MNASNet uses 1 - 0.9997 (TF's own value).
@@ -35,11 +36,10 @@ LITE_STD = (128.0, 128.0, 128.0)
 
 _TIMM_ACTS = {"re": "relu", "r6": "relu6", "hs": "hswish", "sw": "swish"}
 # timm's block types -> the registered op that computes the same thing.
-_TIMM_TYPES = {"ir": "mb", "ds": "ds", "cn": "cv"}
+_TIMM_TYPES = {"ir": "mb", "ds": "ds", "cn": "cv", "er": "er"}
 _TIMM_TOKEN = {o: t for t, o in _TIMM_TYPES.items()}
 _UNSUPPORTED_TYPES = {
     "dsa": "a depthwise-separable block with an activation after the pointwise conv",
-    "er": "an edge-residual block (full kxk expansion conv)",
     "uir": "a universal inverted residual block",
     "mqa": "a multi-query attention block",
     "mha": "a multi-head attention block",
@@ -51,7 +51,7 @@ _UNSUPPORTED_TYPES = {
 class TimmBlock:
     """One decoded timm block string, before channel rounding (``out`` is timm's ``c``)."""
 
-    op: str  # mb | ds | cv
+    op: str  # a registered op
     repeats: int
     kernel: int
     stride: int
@@ -61,6 +61,7 @@ class TimmBlock:
     skip: bool | None  # None: the block type's default
     act: str | None
     text: str
+    force_in: int | None = None  # `fc`: the expansion's base width (er only)
 
 
 def _num(text: str, key: str, value: str, kind: type) -> float:
@@ -80,9 +81,10 @@ def decode_timm_block(text: str) -> TimmBlock:
     btype = ops[0]
     if btype in _UNSUPPORTED_TYPES:
         raise MnasError(f"timm block string {text!r}: `{btype}` is {_UNSUPPORTED_TYPES[btype]}, "
-                        f"which mnasdsl cannot express (supported: ir, ds, cn)")
+                        f"which mnasdsl cannot express (supported: {', '.join(_TIMM_TYPES)})")
     if btype not in _TIMM_TYPES:
-        raise MnasError(f"timm block string {text!r}: unknown block type `{btype}` (expected ir, ds or cn)")
+        raise MnasError(f"timm block string {text!r}: unknown block type `{btype}` "
+                        f"(expected {', '.join(_TIMM_TYPES)})")
     options: dict[str, str] = {}
     skip: bool | None = None
     act: str | None = None
@@ -104,7 +106,7 @@ def decode_timm_block(text: str) -> TimmBlock:
     for key in ("r", "k", "s", "c"):
         if key not in options:
             raise MnasError(f"timm block string {text!r}: missing `{key}`")
-    unknown = sorted(set(options) - {"r", "k", "s", "c", "e", "se", "a", "p"})
+    unknown = sorted(set(options) - {"r", "k", "s", "c", "e", "se", "a", "p", "fc"})
     if unknown:
         raise MnasError(f"timm block string {text!r}: option(s) {', '.join('`' + u + '`' for u in unknown)} "
                         "cannot be expressed in mnasdsl")
@@ -124,12 +126,18 @@ def decode_timm_block(text: str) -> TimmBlock:
     if not OPS[op].expands and "e" in options and e != 1.0:
         expanding = ", ".join(t for t, o in _TIMM_TYPES.items() if OPS[o].expands)
         raise MnasError(f"timm block string {text!r}: `e{options['e']}` only applies to {expanding} blocks")
+    force_in = int(_num(text, "fc", options["fc"], int)) if "fc" in options else None
+    if force_in is not None and not OPS[op].takes("force_in"):
+        raise MnasError(f"timm block string {text!r}: `fc{options['fc']}` (a forced input width) only applies to "
+                        "er blocks")
+    if force_in == 0:  # timm's "not forced"
+        force_in = None
     se = _num(text, "se", options.get("se", "0"), float)
     if op == "cv" and se:
         raise MnasError(f"timm block string {text!r}: cn blocks have no squeeze-excite")
     return TimmBlock(op, int(_num(text, "r", options["r"], int)), int(_num(text, "k", options["k"], int)),
                      int(_num(text, "s", options["s"], int)), e, int(_num(text, "c", options["c"], int)), se,
-                     skip, act, text)
+                     skip, act, text, force_in)
 
 
 def split_arch_args(args: Sequence[str]) -> list[str]:
@@ -163,6 +171,8 @@ def _timm_to_block(b: TimmBlock, cin: int) -> str:
     if OPS[b.op].expands:
         parts.append(f"e{_fmt(b.expansion)}")
     parts += [f"i{cin}", f"o{b.out}"]
+    if b.force_in is not None:
+        parts.append(f"fc{b.force_in}")
     if b.se:
         parts.append(f"se{_fmt(b.se)}")
     # timm: ir/ds skip by default when shapes allow, cn only with an explicit `skip`.
@@ -225,16 +235,18 @@ def parsed_network(text: str) -> Network:
     return net
 
 
-def check_timm_channels(low: LoweredNetwork) -> None:
+def check_timm_channels(low: LoweredNetwork, net: Network) -> None:
     """timm rounds an ir block's expansion to a multiple of 8 and sizes SE with round() on
     mid*se/e; the language (TF's rules) uses in*e and int(in*se). Refuse when they differ, rather
     than print a spec that silently is another network."""
     for ly in low.blocks:
         cin = ly.in_shape[2]
         if OPS[ly.op].expands:
-            timm_mid = make_divisible(cin * ly.expansion)
+            fc = net.blocks[ly.block].force_in
+            base = cin if fc is None else round_filters(fc, 1.0, net.width, net.divisor, net.min_depth)
+            timm_mid = make_divisible(base * ly.expansion)
             if timm_mid != ly.mid:
-                raise MnasError(f"{ly.name}: timm expands {cin} channels by {_fmt(ly.expansion)} to {timm_mid} "
+                raise MnasError(f"{ly.name}: timm expands {base} channels by {_fmt(ly.expansion)} to {timm_mid} "
                                 f"(a multiple of 8), mnasdsl to {ly.mid}: not expressible")
         if ly.se:
             e = ly.expansion
@@ -258,7 +270,8 @@ def arch_from_timm(strings: Sequence[str], s: Settings) -> tuple[str, list[str]]
                             f"({b.act or s.activation}); mnasdsl's uses ReLU as TF MnasNet does")
     text = network_text(s, blocks, [f"Imported from timm arch-def strings: {' '.join(strings)}",
                                     "PyTorch conventions: symmetric padding, BN momentum 0.9 (PyTorch 0.1), eps 1e-5."])
-    check_timm_channels(lower(parsed_network(text)))
+    net = parsed_network(text)
+    check_timm_channels(lower(net), net)
     return text, warnings
 
 
@@ -410,5 +423,6 @@ def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int
         comment.append("Stem and head fixed at every width, first and last stages' repeats at every depth (`fixed`).")
     text = network_text(s, m.blocks, comment)
     if m.source == "timm":
-        check_timm_channels(lower(parsed_network(text)))
+        net = parsed_network(text)
+        check_timm_channels(lower(net), net)
     return text

@@ -106,9 +106,16 @@ def _timm_mb(p: str, at: tuple[Any, ...], ly: Layer) -> Iterator[Slot]:
     yield from _conv_bn(f"{p}.conv_pwl", f"{p}.bn3", (*at, "project"))
 
 
+def _timm_er(p: str, at: tuple[Any, ...], ly: Layer) -> Iterator[Slot]:
+    yield from _conv_bn(f"{p}.conv_exp", f"{p}.bn1", (*at, "conv"))
+    if ly.se:
+        yield from _se(f"{p}.se", (*at, "se"))
+    yield from _conv_bn(f"{p}.conv_pwl", f"{p}.bn2", (*at, "project"))
+
+
 # timm's tensor names per registered op (mnasdsl.ops): its block class for that op, at prefix ``p``.
 TIMM_NAMES: dict[str, Callable[[str, tuple[Any, ...], Layer], Iterator[Slot]]] = {
-    "cv": _timm_cv, "ds": _timm_ds, "mb": _timm_mb}
+    "cv": _timm_cv, "ds": _timm_ds, "mb": _timm_mb, "er": _timm_er}
 
 
 def _timm(low: LoweredNetwork) -> Iterator[Slot]:

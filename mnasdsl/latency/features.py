@@ -87,8 +87,21 @@ def _mb(layer: Layer, a: _Acc) -> None:
     _dw_project(layer, a)
 
 
+def _er(layer: Layer, a: _Acc) -> None:
+    """Fused MBConv: a k x k regular conv to the expanded width (im2col for k>1), then the 1x1 projection."""
+    (hi, wi, cin), (ho, wo, cout), k, mid = layer.in_shape, layer.out_shape, layer.kernel, layer.mid
+    pin, pout = hi * wi, ho * wo
+    a.dense += pout * k * k * cin * mid
+    a.elems += pin * cin + 2 * pout * mid + (2 * pout * k * k * cin if k > 1 else 0)
+    a.weights += k * k * cin * mid
+    a.dense += pout * mid * cout
+    a.elems += pout * cout
+    a.weights += mid * cout
+    a.ops += 2
+
+
 # One entry per registered op (mnasdsl.ops): the features of its own convs; SE, skips shared below.
-FEATURE_FNS: dict[str, Callable[[Layer, _Acc], None]] = {"cv": _cv, "ds": _ds, "mb": _mb}
+FEATURE_FNS: dict[str, Callable[[Layer, _Acc], None]] = {"cv": _cv, "ds": _ds, "mb": _mb, "er": _er}
 
 
 def layer_features(layer: Layer) -> list[float]:

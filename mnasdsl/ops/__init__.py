@@ -6,10 +6,10 @@ the list of ops (the IR, the grammar's op token, the fast paths, the formatter) 
 
 from __future__ import annotations
 
-from . import cv, ds, mb
+from . import cv, ds, er, mb
 from .base import OpSpec, expanded_channels, make_divisible, se_channels
 
-OPS: dict[str, OpSpec] = {s.name: s for s in (mb.SPEC, ds.SPEC, cv.SPEC)}
+OPS: dict[str, OpSpec] = {s.name: s for s in (mb.SPEC, ds.SPEC, cv.SPEC, er.SPEC)}
 OP_NAMES: tuple[str, ...] = tuple(OPS)
 # Every spelling of an op (aliases are timm's) -> the canonical token.
 OP_ALIASES: dict[str, str] = {a: s.name for s in OPS.values() for a in s.aliases}

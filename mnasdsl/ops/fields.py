@@ -20,13 +20,16 @@ MAX_NUMBER_TEXT = 24  # decimal fields longer than this are reported as too long
 
 # key -> (block field, what the message calls it)
 FIELD_OF_KEY: dict[str, str] = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "i": "input",
-                                "o": "output", "se": "se"}
+                                "o": "output", "se": "se", "fc": "force_in"}
+# Optional block fields an op must declare (OpSpec.fields) to accept, with their spelling.
+OP_FIELDS: dict[str, str] = {"expansion": "e", "se": "se", "force_in": "fc"}
 # Integer fields: key -> (message name, lowest, highest)
 INT_RANGES: dict[str, tuple[str, int, int]] = {
     "r": ("repeats", 1, MAX_REPEATS),
     "k": ("kernel", 1, MAX_KERNEL),
     "i": ("input channels", 1, MAX_CHANNELS),
     "o": ("output channels", 1, MAX_CHANNELS),
+    "fc": ("forced input channels", 1, MAX_CHANNELS),
 }
 # Decimal fields: key -> (message name, lowest, highest, lowest excluded)
 FLOAT_RANGES: dict[str, tuple[str, float, float, bool]] = {
