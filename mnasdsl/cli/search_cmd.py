@@ -54,6 +54,10 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=positive_int, default=5, metavar="E", help="proxy epochs (default 5)")
     p.add_argument("--resolution", type=positive_int, default=32, metavar="R", help="proxy resolution")
     p.add_argument("--batch", type=positive_int, default=64, metavar="B", help="proxy batch size")
+    p.add_argument("--proxy-steps", choices=("auto", "fused", "layerwise"), default="auto",
+                   help="how the proxy trains: layerwise (per-layer executables shared by all trials, so a "
+                        "child compiles only its new layers), fused (one executable per network: faster steps, "
+                        "a full compile per trial) or auto (layerwise up to 1,500 steps; default)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=positive_int, default=1, metavar="K",
                    help="evaluations at a time: local processes, or Ray tasks; 1 evaluates in this process "
@@ -138,7 +142,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     batch=args.batch, seed=args.seed, measure=bool(args.measure),
                     measure_runtime=args.measure or "xla",
                     cache_dir=cache if args.evaluator in ("proxy", "zero-cost") or args.measure else None,
-                    extra=extra, cwd=cwd)
+                    extra=extra, cwd=cwd, steps=args.proxy_steps)
     latency = "measure" if args.measure else "lut" if args.lut else "device"
     cfg = SearchConfig(trials=args.trials, target_ms=args.target_ms, algo=args.algo, alpha=alpha, beta=beta,
                        population=args.population, tournament=args.tournament, round_size=args.round_size,

@@ -54,6 +54,9 @@ class EvalConfig:
     threads: int | None = None
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the proxy trains: "fused" (one executable per network), "layerwise" (per-layer executables
+    # reused across trials, see mnasdsl.train.layerwise) or "auto" (layerwise for short proxies).
+    steps: str = "auto"
     # Where a MODULE:FUNCTION plug-in is looked for first: the driver's working directory, recorded here
     # because workers (spawned processes, Ray tasks) may start elsewhere and with another sys.path.
     cwd: str | None = None
@@ -113,6 +116,24 @@ def check_config(cfg: EvalConfig) -> None:
         open_source(cfg.data)
     if cfg.epochs < 1:
         raise MnasError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.steps not in STEPS_FORMS:
+        raise MnasError(f"unknown proxy step form {cfg.steps!r} (choose from {', '.join(STEPS_FORMS)})")
+
+
+STEPS_FORMS = ("auto", "fused", "layerwise")
+# Up to this many optimizer steps the proxy trains layer by layer: a fresh network's whole-network
+# compile (7-10 s on 2 cores) outweighs the per-step cost of chaining per-layer executables below it.
+LAYERWISE_MAX_STEPS = 1500
+
+
+def steps_form(cfg: EvalConfig, src: Any) -> str:
+    """The proxy's step form: cfg.steps, or for "auto" layerwise while the run is short and on one device."""
+    if cfg.steps != "auto":
+        return cfg.steps
+    import jax
+
+    steps = cfg.epochs * max(1, len(src.train) // max(1, cfg.batch))
+    return "layerwise" if len(jax.local_devices()) == 1 and steps <= LAYERWISE_MAX_STEPS else "fused"
 
 
 _SETUP_DONE: set[str] = set()
@@ -128,7 +149,9 @@ def setup_worker(cfg: EvalConfig) -> None:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", cfg.cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        # Low enough that per-layer executables (0.05-0.5 s each) are shared by every worker and run:
+        # identical layers lower to identical programs, so they hit across processes.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
 
 
 def _network(spec: str) -> Network:
@@ -159,8 +182,10 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
     loaded = [(im, lab) for im, lab in loaded if im is not None]
     if not loaded:
         raise MnasError(f"no readable images in {src.name} for the zero-cost score")
+    labels = np.asarray([lab for _, lab in loaded], np.int32)
+    if steps_form(cfg, src) == "layerwise":  # per-layer executables shared with earlier trials
+        return _zero_cost_layerwise(net, cfg, np.stack([im for im, _ in loaded]), labels)
     images = np.stack([im for im, _ in loaded]).astype(np.float32) / 255.0
-    labels = np.asarray([lab for _, lab in loaded])
     x, y = jnp.asarray(images), jnp.asarray(labels)
 
     def loss(m: Any) -> jax.Array:
@@ -170,6 +195,28 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
     # nnx.grad differentiates w.r.t. the parameters and lets BN update its running statistics.
     grads = nnx.jit(nnx.grad(loss))(model)
     g = float(jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(grads))))
+    if not math.isfinite(g):
+        raise MnasError("zero-cost score is not finite")
+    return g / (1.0 + g)
+
+
+def _zero_cost_layerwise(net: Network, cfg: EvalConfig, images: Any, labels: Any) -> float:
+    """The zero-cost score from one layer-by-layer step: the same gradient (inputs scaled to 0..1,
+    BN on batch statistics, dropout on) from executables that earlier trials already compiled."""
+    import numpy as np
+
+    from ..train.data import Batch
+    from ..train.layerwise import LayerwiseTrainer
+
+    c = net.input[2]
+    n = len(labels)
+    tr = LayerwiseTrainer(net, recipe="adam", batch=n, steps_per_epoch=1, epochs=1, seed=cfg.seed,
+                          norm=(np.zeros(c, np.float32), np.full(c, 255.0, np.float32)), train_only=True)
+    tr.step(Batch(np.asarray(images, np.uint8), labels, np.ones(n, np.float32)))
+    import jax
+
+    g = math.sqrt(sum(float(np.sum(np.square(np.asarray(v, np.float64))))
+                      for v in jax.tree.leaves(jax.device_get(tr.last_grads))))
     if not math.isfinite(g):
         raise MnasError("zero-cost score is not finite")
     return g / (1.0 + g)
@@ -202,7 +249,8 @@ def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, net
         src = open_source(cfg.data)
         scaled = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
             net.scaled(classes=src.num_classes)
-        res = fit(scaled, src, epochs=cfg.epochs, batch=cfg.batch, recipe="adam", seed=cfg.seed, out=None)
+        res = fit(scaled, src, epochs=cfg.epochs, batch=cfg.batch, recipe="adam", seed=cfg.seed, out=None,
+                  steps_form=steps_form(cfg, src))
         acc = float(res.val_acc)
         out["val_loss"] = float(res.val_loss)
     else:

@@ -61,7 +61,8 @@ class SearchConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue the same search."""
         ev = asdict(self.evaluator)
-        for k in ("threads", "cache_dir", "cwd"):  # where it runs, not what it computes
+        # Where and how it runs, not what it computes (the proxy's step forms agree to float rounding).
+        for k in ("threads", "cache_dir", "cwd", "steps"):
             ev.pop(k, None)
         return {"algo": self.algo, "alpha": self.alpha, "beta": self.beta, "target_ms": self.target_ms,
                 "population": self.population, "tournament": self.tournament, "round_size": self.rounds(),

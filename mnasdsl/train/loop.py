@@ -154,6 +154,7 @@ class Trainer:
         self.recal_graphdef = nnx.split(recal, nnx.Param, nnx.BatchStat, ...)[0]
         mean, std = norm if norm is not None else norm_stats(network.input[2])
         self._mean, self._std = mean, std
+        self._lr_fn: Any = None
         self._compile()
 
     # --- jitted functions ------------------------------------------------------------------------------
@@ -224,6 +225,13 @@ class Trainer:
         self.state, metrics = self.train_step(self.state, *self.put(batch))
         return metrics
 
+    def lr_at(self, step: int) -> float:
+        """The schedule's learning rate at ``step``, from one small executable (evaluated eagerly, the
+        schedule's jnp ops would each compile on their own)."""
+        if self._lr_fn is None:
+            self._lr_fn = jax.jit(self.recipe.schedule)
+        return float(self._lr_fn(jnp.asarray(step, jnp.int32)))
+
     def eval_weights(self) -> tuple[Any, Any]:
         src = self.state["ema"] if self.state["ema"] is not None else self.state
         return src["params"], src["batch_stats"]
@@ -235,9 +243,15 @@ class Trainer:
         acc, n = None, 0
         for b in batches:
             stats = self.recal_step(params, bs, self.state["rest"], jax.device_put(b.images, self.data_sharding))
-            acc = stats if acc is None else jax.tree.map(jnp.add, acc, stats)
+            # Summed on the host in float32: the same rounding as on the device, without an eager XLA
+            # compile per statistics shape.
+            stats = jax.tree.map(np.asarray, jax.device_get(stats))
+            acc = stats if acc is None else jax.tree.map(np.add, acc, stats)
             n += 1
-        return bs if acc is None else jax.tree.map(lambda a: a / n, acc)
+        if acc is None:
+            return bs
+        div = np.float32(n)
+        return jax.device_put(jax.tree.map(lambda a: a / div, acc), self.repl)
 
     def evaluate(self, batches: Iterable[Batch], batch_stats: Any = None) -> dict[str, float]:
         params, bs = self.eval_weights()
@@ -348,7 +362,7 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
         seed: int = 0, out: str | Path | None = None, lr: float | None = None, resume: bool = False,
         recalibrate_bn: bool | None = None, verbose: bool = False, devices: int | None = None,
         workers: int | None = None, log: Log | None = None, init: str | Path | None = None,
-        freeze_backbone: bool = False) -> TrainResult:
+        freeze_backbone: bool = False, steps_form: str = "fused") -> TrainResult:
     """Train ``network`` on ``data`` (a DataSource or `digits` / `synthetic` / an ImageFolder path).
 
     With ``out`` None nothing touches disk (the search's proxy evaluator); otherwise every epoch
@@ -358,6 +372,9 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
     the weights of an import, params or training directory (a new class count re-initializes only the
     classifier). ``resume`` with another ``epochs`` lengthens (or shortens) the run: the recipe's LR
     schedule is rebuilt for the new length, and ``log`` says how; resuming on other data is refused.
+    ``steps_form`` is ``fused`` (one executable per step: the fastest steps, one compile per network)
+    or ``layerwise`` (per-layer executables shared across networks: see :mod:`.layerwise`; a run
+    without ``out``, ``init`` or ``resume``, on one device, with a per-leaf recipe).
     User errors raise MnasError.
     """
     t_start = time.perf_counter()
@@ -424,9 +441,21 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
                 raise MnasError(f"{existing[-1][1]}: incompatible checkpoint: its {what} differs from this run's "
                                 f"({_short(meta.get(key))} vs {_short(run_meta[key])})")
 
-    trainer = Trainer(network, recipe=recipe, batch=tb, steps_per_epoch=steps, epochs=epochs, seed=seed, lr=lr,
-                      devices=devices, init=None if resume else init, norm=(mean0, std0),
-                      freeze_backbone=freeze_backbone)
+    trainer: Any
+    if steps_form == "layerwise":
+        if out is not None or init is not None or resume or freeze_backbone or n_dev != 1:
+            raise MnasError("layer-by-layer steps are for in-memory runs on one device without --init, "
+                            "--resume or --freeze-backbone")
+        from .layerwise import LayerwiseTrainer
+
+        trainer = LayerwiseTrainer(network, recipe=recipe, batch=tb, steps_per_epoch=steps, epochs=epochs,
+                                   seed=seed, lr=lr, norm=(mean0, std0), eval_batch=_eval_batch(tb, 1))
+    elif steps_form == "fused":
+        trainer = Trainer(network, recipe=recipe, batch=tb, steps_per_epoch=steps, epochs=epochs, seed=seed,
+                          lr=lr, devices=devices, init=None if resume else init, norm=(mean0, std0),
+                          freeze_backbone=freeze_backbone)
+    else:
+        raise MnasError(f"unknown steps form {steps_form!r} (fused or layerwise)")
     if init is not None and not resume:
         log(f"initialized from {init}" + (f" (fresh: {', '.join(trainer.fresh_from_init)})"
                                           if trainer.fresh_from_init else ""))
@@ -502,7 +531,7 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
                 reported_bad = bad
             row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
                    "val_acc": va["acc"], "val_top5": va["top5"],
-                   "lr": float(trainer.recipe.schedule(int(trainer.state["step"]))),
+                   "lr": trainer.lr_at(int(trainer.state["step"])),
                    "images_per_s": ips, "epoch_s": t_end - t0}
             history.append(row)
             log(f"epoch {epoch + 1}/{epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "

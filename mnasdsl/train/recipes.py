@@ -29,6 +29,9 @@ class Recipe:
     label_smoothing: float
     ema_decay: float | None  # EMA of the weights used for evaluation (None: evaluate the raw weights)
     warmup_steps: int
+    # The same per-leaf optimizer with the learning rate injected as a state entry instead of a schedule,
+    # for one group of parameters given its weight-decay mask (None: the recipe cannot be split per layer).
+    split_tx: Callable[[Any], optax.GradientTransformation] | None = None
 
 
 def _mnasnet_schedule(base: float, steps_per_epoch: int, warmup_steps: int) -> Callable[[Any], Any]:
@@ -42,6 +45,15 @@ def _mnasnet_schedule(base: float, steps_per_epoch: int, warmup_steps: int) -> C
         return jnp.where(step < warmup_steps, warm, decayed)
 
     return schedule
+
+
+ADAMW = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.05}
+
+
+def _adamw_injected(mask: Any) -> optax.GradientTransformation:
+    """AdamW whose step size is ``state.hyperparams["learning_rate"]``, set by the caller each step:
+    elementwise the same update as the scheduled adamw (Adam moments, decoupled decay, -lr scale)."""
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, **ADAMW, mask=mask)
 
 
 def make_recipe(name: str, *, batch: int, steps_per_epoch: int, epochs: int, wd_mask: Any,
@@ -67,8 +79,8 @@ def make_recipe(name: str, *, batch: int, steps_per_epoch: int, epochs: int, wd_
         base = lr if lr is not None else 1e-2
         warmup = max(1, min(total // 10, 5 * steps_per_epoch))
         schedule = optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total, warmup + 1), end_value=base * 0.01)
-        tx = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, mask=wd_mask)
-        return Recipe(name, tx, schedule, base, 0.0, None, warmup)
+        tx = optax.adamw(schedule, **ADAMW, mask=wd_mask)
+        return Recipe(name, tx, schedule, base, 0.0, None, warmup, split_tx=_adamw_injected)
     raise MnasError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
 
 
