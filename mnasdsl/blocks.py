@@ -24,7 +24,7 @@ from .ir import (
     Option,
     SpaceBlock,
 )
-from .ops import OP_ALIASES, OP_NAMES, OP_TOKENS, OPS
+from .ops import OP_ALIASES, OP_NAMES, OP_TOKENS, OPS, SE_FLAGS, SE_KINDS
 from .ops.fields import (
     FIELD_OF_KEY,
     FLOAT_RANGES,
@@ -44,7 +44,7 @@ DEFAULT_OP = "mb"  # a block string without an op token
 _OP_RE = "|".join(sorted(OP_TOKENS, key=lambda t: (-len(t), t)))
 # Canonical field order: the TF spelling plus the extensions.
 FIELD_ORDER = ("op", "repeats", "repeats_delta", "fixed_repeats", "kernel", "stride", "expansion", "input", "output",
-               "output_factor", "force_in", "se", "skip", "act")
+               "output_factor", "force_in", "se", "se_kind", "skip", "act")
 _ORDER_INDEX = {f: i for i, f in enumerate(FIELD_ORDER)}
 
 
@@ -132,7 +132,7 @@ _KEY_DESC = {
     "se": "a squeeze-excitation ratio such as se0.25",
     "fc": "a forced input channel count such as fc24",
 }
-_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|" + _OP_RE
+_FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|hsig|seact|" + _OP_RE
                        + r"|se|fc|r|k|s|e|i|o)(.*)$")
 
 
@@ -193,15 +193,15 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
         f"unknown field `{field}` in block string",
         span,
         notes=(f"fields are r, k, s, e, i, o, fc, se; ops {', '.join(OP_NAMES)}; flags noskip, pool, id, relu, relu6, "
-               "swish, hswish, fixed",),
+               "swish, hswish, fixed, hsig, seact",),
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Front end 2: the regex fast path (concrete strings only; anything else goes to Lark)
 
-_FAST_FIELD = re.compile(r"(?:(" + _OP_RE + r")|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed)"
-                         r"|(se|fc|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
+_FAST_FIELD = re.compile(r"(?:(" + _OP_RE + r")|(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|hsig"
+                         r"|seact)|(se|fc|r|k|s|e|i|o)([0-9][0-9.x]*|\.[0-9]+))\Z")
 _NUM = re.compile(r"[0-9]+(\.[0-9]+)?\Z|\.[0-9]+\Z")
 _DIG = re.compile(r"[0-9]+\Z")
 
@@ -298,6 +298,8 @@ def _simple(e: Elem, sink: DiagnosticSink) -> list[tuple[str, FieldValue | None,
             return [("skip", SKIP_FLAGS[text], e.span)]
         if text == "fixed":
             return [("fixed_repeats", True, e.span)]
+        if text in SE_FLAGS:
+            return [("se_kind", SE_FLAGS[text], e.span)]
         return [("act", ACT_ALIASES.get(text, text), e.span)]
     if e.form == "scaled":
         assert e.base is not None
@@ -433,7 +435,7 @@ def collect(elems: tuple[Elem, ...], sink: DiagnosticSink, allow_choices: bool) 
 
 
 _FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "repeats_delta": "r",
-                                                       "fixed_repeats": "fixed"}
+                                                       "fixed_repeats": "fixed", "se_kind": "hsig/seact"}
 
 
 def _label_of(field: str, value: FieldValue) -> str:
@@ -489,7 +491,8 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
                        f"channels at every width, write `fixed` after the string: `{role} cv_... fixed`)",
                        spans.get("fixed_repeats", span))
             ok = False
-        for f, key in (("expansion", "e"), ("input", "i"), ("force_in", "fc"), ("se", "se"), ("skip", "noskip/pool/id"),
+        for f, key in (("expansion", "e"), ("input", "i"), ("force_in", "fc"), ("se", "se"),
+                       ("se_kind", "hsig/seact"), ("skip", "noskip/pool/id"),
                        ("repeats", "r"), ("output_factor", "x")):
             if f in fields and not (f == "repeats" and fields[f] == 1) and not (f == "se" and fields[f] == 0):
                 sink.error(f"`{key}` is not allowed in the {role}", spans.get(f, span))
@@ -497,6 +500,11 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
         if role == "head" and fields.get("stride", (1, 1)) != (1, 1):
             sink.error("the head conv must have stride 1", spans.get("stride", span))
             ok = False
+    if role == "block" and fields.get("se_kind", "tf") != "tf" and not fields.get("se"):
+        flag = SE_KINDS[str(fields["se_kind"])].flag
+        sink.error(f"`{flag}` picks a squeeze-excitation variant, but this block has no squeeze-excitation "
+                   f"(add a ratio such as `se0.25`)", spans.get("se_kind", span))
+        ok = False
     if not ok:
         return None
     output = int(fields["output"])  # type: ignore[arg-type]
@@ -509,7 +517,7 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
                      int(fields["kernel"]), fields.get("stride", (1, 1)), e,  # type: ignore[arg-type]
                      fields.get("input"), output, factor, float(fields.get("se", 0.0)),  # type: ignore[arg-type]
                      fields.get("skip", "default"), fields.get("act"), bool(fields.get("fixed_repeats", False)),
-                     fields.get("force_in"))  # type: ignore[arg-type]
+                     fields.get("force_in"), fields.get("se_kind", "tf"))  # type: ignore[arg-type]
 
 
 # Shared: pydantic copies fields_set before mutating it (model_copy), so one set serves all.
@@ -519,13 +527,14 @@ _obj_setattr = object.__setattr__
 
 def new_block(span: Span | None, spans: dict[str, Span], op: Any, repeats: int, kernel: int, stride: Any,
               expansion: float, input: Any, output: int, output_factor: float, se: float, skip: Any,
-              act: Any, fixed_repeats: bool = False, force_in: int | None = None) -> Block:
+              act: Any, fixed_repeats: bool = False, force_in: int | None = None, se_kind: Any = "tf") -> Block:
     """Construct an already-validated Block without pydantic's per-field machinery (hot path)."""
     b = Block.__new__(Block)
     _obj_setattr(b, "__dict__", {
         "span": span, "spans": spans, "op": op, "repeats": repeats, "kernel": kernel, "stride": stride,
         "expansion": expansion, "input": input, "output": output, "output_factor": output_factor,
-        "force_in": force_in, "se": se, "skip": skip, "act": act, "fixed_repeats": fixed_repeats})
+        "force_in": force_in, "se": se, "se_kind": se_kind, "skip": skip, "act": act,
+        "fixed_repeats": fixed_repeats})
     _obj_setattr(b, "__pydantic_fields_set__", _BLOCK_FIELDS_SET)
     _obj_setattr(b, "__pydantic_extra__", None)
     _obj_setattr(b, "__pydantic_private__", None)
@@ -536,7 +545,7 @@ _NUMRE = r"[0-9]+(?:\.[0-9]+)?"
 _CANON = re.compile(
     r"(?:(" + _OP_RE + r")_)?(?:r([0-9]{1,9})_)?k([0-9]{1,9})(?:_s([0-9]{1,2}))?(?:_e(" + _NUMRE + r"))?"
     r"(?:_i([0-9]{1,9}))?_o([0-9]{1,9})(?:x(" + _NUMRE + r"))?(?:_fc([0-9]{1,9}))?(?:_se(" + _NUMRE + r"))?"
-    r"(?:_(noskip|pool|id))?(?:_(relu6|relu|hswish|swish|nre|nr6|nhs|nsw))?\Z")
+    r"(?:_(hsig|seact))?(?:_(noskip|pool|id))?(?:_(relu6|relu|hswish|swish|nre|nr6|nhs|nsw))?\Z")
 _SKIPS = {None: "default", "id": "default", "noskip": "noskip", "pool": "pool"}
 
 
@@ -563,11 +572,12 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
     m = _CANON.match(text)
     if m is None:
         return None
-    op, r, k, st, e, i, o, x, fc, se, skip, act = m.groups()
+    op, r, k, st, e, i, o, x, fc, se, sek, skip, act = m.groups()
     op = OP_ALIASES.get(op, op) if op else None
     if role != "block":
         if ((op is not None and not OPS[op].stem_head) or (r is not None and r != "1") or e is not None
-                or i is not None or x is not None or fc is not None or se is not None or skip is not None
+                or i is not None or x is not None or fc is not None or se is not None or sek is not None
+                or skip is not None
                 or (role == "head" and st not in (None, "1", "11"))):
             return None
         op = "cv"
@@ -583,7 +593,8 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
     force_in = _fast_int("fc", fc)
     if (repeats is None or kernel is None or stride is None or exp is None or (i is not None and cin is None)
             or out is None or factor is None or ratio is None or round(out * factor) > MAX_CHANNELS
-            or (not spec.expands and exp != 1.0) or (fc is not None and force_in is None)):
+            or (not spec.expands and exp != 1.0) or (fc is not None and force_in is None)
+            or (sek is not None and not ratio)):
         return None
     if spec.e1_op is not None and exp == 1.0:
         spec = OPS[spec.e1_op]
@@ -596,7 +607,7 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
         a = m.start(6)
         spans["input"] = Span(line, col + a, line, col + m.end(6))
     return new_block(span, spans, spec.name, repeats, kernel, stride, exp, cin, out, factor, ratio, _SKIPS[skip],
-                     ACT_ALIASES.get(act, act) if act else None, False, force_in)
+                     ACT_ALIASES.get(act, act) if act else None, False, force_in, SE_FLAGS[sek] if sek else "tf")
 
 
 def build_block(elems: tuple[Elem, ...], span: Span | None, sink: DiagnosticSink, role: str = "block") -> Block | None:
@@ -681,6 +692,8 @@ def format_block(b: Block, role: str = "block") -> str:
         parts.append(f"fc{b.force_in}")
     if b.se:
         parts.append(f"se{_fmt_num(b.se)}")
+    if b.se_kind != "tf":
+        parts.append(str(SE_KINDS[b.se_kind].flag))
     if b.skip != "default":
         parts.append(b.skip)
     if b.act is not None:
@@ -695,6 +708,8 @@ def _format_value(field: str, value: FieldValue) -> str:
         return "id" if value == "default" else str(value)
     if field == "fixed_repeats":
         return "fixed"
+    if field == "se_kind":
+        return str(SE_KINDS[str(value)].flag)
     if field == "stride":
         assert isinstance(value, tuple)
         return f"s{value[0]}{value[1]}"

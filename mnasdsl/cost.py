@@ -65,7 +65,7 @@ COST: dict[str, Callable[[Layer], tuple[int, int]]] = {"cv": _cv, "ds": _ds, "mb
 
 def layer_cost(layer: Layer) -> tuple[int, int]:
     """(params, macs) of one lowered layer."""
-    if layer.kind == "classifier":
+    if layer.op == "fc":  # global pool + dense with bias: the classifier, MobileNetV3's pooled head
         cin, cout = layer.in_shape[2], layer.out_shape[2]
         return cin * cout + cout, cin * cout
     params, macs = COST[layer.op](layer)

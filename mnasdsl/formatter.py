@@ -37,6 +37,8 @@ def header_lines(x: Network | SpaceDef, *, full: bool = True) -> list[str]:
         out.append(f"padding {x.padding}")
     if x.activation != "relu":
         out.append(f"activation {x.activation}")
+    if x.expansion_divisor != 1:
+        out.append(f"expansion_divisor {x.expansion_divisor}")
     return out
 
 
@@ -50,7 +52,8 @@ def format_unit(x: Network | SpaceDef) -> str:
     for b in x.blocks:
         text = format_space_block(b) if isinstance(b, SpaceBlock) else format_block(b)
         lines.append(INDENT * 2 + text)
-    lines.append(INDENT + "head " + format_block(x.head, "head") + " " + x.head_mode)
+    lines.append(INDENT + "head " + format_block(x.head, "head") + " " + x.head_mode
+                 + (" pooled" if x.head_pooled else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +95,7 @@ def _format_stmt(s: Stmt, kind: str) -> str:
         if len(parts) == 2:
             parts.append("3")
         return "input " + "x".join(str(int(p)) for p in parts)
-    if s.kind in ("classes", "divisor", "min_depth"):
+    if s.kind in ("classes", "divisor", "min_depth", "expansion_divisor"):
         return f"{s.kind} {int(a[0])}"
     if s.kind in ("width", "depth", "dropout"):
         return f"{s.kind} {_num(float(a[0]))}"
@@ -105,7 +108,8 @@ def _format_stmt(s: Stmt, kind: str) -> str:
         return text + (" fixed" if len(a) > 1 and a[1] == "fixed" else "")
     if s.kind == "head":
         text = "head " + _canon_block_text(a[0], s.arg_spans[0].line, s.arg_spans[0].col, kind, "head")
-        return text + " " + (a[1] if len(a) > 1 else "fixed")
+        mode = next((w for w in a[1:] if w != "pooled"), "fixed")
+        return text + " " + mode + (" pooled" if "pooled" in a[1:] else "")
     if s.kind == "blocks":
         if not a:
             return "blocks"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .diagnostics import Span
 from .ops import OP_ALIASES as OP_ALIASES
-from .ops import OP_NAMES, OPS
+from .ops import OP_NAMES, OPS, SE_KINDS
 from .ops.fields import (
     MAX_CHANNELS,
     MAX_CLASSES,
@@ -27,6 +27,7 @@ from .ops.fields import (
 
 Op = Literal[OP_NAMES]  # type: ignore[valid-type]  # the registry's canonical tokens
 Skip = Literal["default", "noskip", "pool"]
+SeKindName = Literal[tuple(SE_KINDS)]  # type: ignore[valid-type]  # mnasdsl/ops/se.py
 Activation = Literal["relu", "relu6", "swish", "hswish"]
 Padding = Literal["same", "symmetric"]
 HeadMode = Literal["fixed", "scaled"]
@@ -105,6 +106,8 @@ class Block(Node):
     # multiplier as outputs are) instead of the actual input's; only ops declaring `force_in` take it.
     force_in: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     se: float = Field(0.0, ge=0.0, le=1.0)
+    # The SE variant (flag `hsig`: MobileNetV3's hard-sigmoid SE; `seact`: the block's activation).
+    se_kind: SeKindName = "tf"
     skip: Skip = "default"
     act: Activation | None = None
     # `fixed` in the block string: the depth multiplier leaves this stage's repeats alone
@@ -122,6 +125,8 @@ class Block(Node):
             raise ValueError(f"an `{self.op}` block with expansion 1 is a `{spec.e1_op}` block; use op='{spec.e1_op}'")
         if not spec.expands and self.expansion != 1.0:
             raise ValueError(f"expansion has no meaning for a `{self.op}` block")
+        if self.se_kind != "tf" and not self.se:
+            raise ValueError(f"squeeze-excitation variant `{self.se_kind}` without squeeze-excitation (se0)")
         if self.force_in is not None and not spec.takes("force_in"):
             raise ValueError(f"a forced input width (fc) has no meaning for a `{self.op}` block")
         if round(self.output * self.output_factor) > MAX_CHANNELS:
@@ -150,6 +155,12 @@ class Network(Node):
     head_mode: HeadMode = "fixed"
     # `stem ... fixed`: the stem keeps its channels at every width (EfficientNet-Lite); default scaled.
     stem_mode: HeadMode = "scaled"
+    # `expansion_divisor 8`: expanded widths are rounded to a multiple of 8 (timm's make_divisible,
+    # so e2.3 lands on a multiple); 1 (the default) is TF's round(in x e).
+    expansion_divisor: int = Field(1, ge=1, le=1024)
+    # `head ... pooled`: MobileNetV3's efficient head: global pool, then the 1x1 conv with a bias and
+    # no BN, then the activation, then the classifier (default: conv + BN + act, then pool).
+    head_pooled: bool = False
 
     @model_validator(mode="after")
     def _rules(self) -> Network:
@@ -239,6 +250,8 @@ class SpaceDef(Node):
     head: Block
     head_mode: HeadMode = "fixed"
     stem_mode: HeadMode = "scaled"
+    expansion_divisor: int = Field(1, ge=1, le=1024)
+    head_pooled: bool = False
 
 
 HEADER_FIELDS: tuple[str, ...] = (
@@ -253,4 +266,5 @@ HEADER_FIELDS: tuple[str, ...] = (
     "bn_eps",
     "padding",
     "activation",
+    "expansion_divisor",
 )

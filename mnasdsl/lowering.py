@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 from .diagnostics import Diagnostic, MnasError
 from .ir import Block, Network
-from .ops import OPS, se_channels
+from .ops import OPS, SE_KINDS
 from .rounding import round_filters, round_repeats
 
 LayerKind = Literal["stem", "block", "head", "classifier"]
@@ -24,7 +24,7 @@ class Layer(NamedTuple):
 
     name: str
     kind: LayerKind
-    op: str  # a registered op (mnasdsl.ops), or "fc" for the classifier
+    op: str  # a registered op (mnasdsl.ops), or "fc" (global pool + dense: the classifier, a pooled head)
     block: int  # index of the source block (-1 for stem/head/classifier)
     repeat: int
     in_shape: tuple[int, int, int]  # H, W, C
@@ -38,11 +38,13 @@ class Layer(NamedTuple):
     skip: ResolvedSkip
     pool_proj: bool  # pool skip needs a 1x1 conv + BN projection (channels differ)
     act: str
+    se_gate: str = "sigmoid"  # the SE's gate: sigmoid | hsigmoid (mnasdsl/ops/se.py)
+    se_act: str = "relu"  # the SE bottleneck's activation
 
     def signature(self) -> tuple[object, ...]:
         """What the layer computes, without naming: used for dedupe and latency tables."""
         return (self.op, self.in_shape, self.out_shape, self.kernel, self.stride, self.expansion,
-                self.mid, self.se, self.skip, self.pool_proj, self.act)
+                self.mid, self.se, self.skip, self.pool_proj, self.act, self.se_gate, self.se_act)
 
 
 class LoweredNetwork(NamedTuple):
@@ -106,7 +108,8 @@ def lower(
                     blk.field_span("input")))
         act = blk.act or default_act
         op, k, e, ratio, bskip = blk.op, blk.kernel, blk.expansion, blk.se, blk.skip
-        mid_of = OPS[op].mid
+        mid_of, sek, ediv = OPS[op].mid, SE_KINDS[blk.se_kind], net.expansion_divisor
+        se_act = sek.act or act
         # `fc`: the expansion is sized from this width, scaled as the block's outputs are (timm's rule).
         force_in = round_filters(blk.force_in, 1.0, w_mult, div, mind) if blk.force_in is not None else None
         repeats = blk.repeats if d_mult == 1.0 or blk.fixed_repeats else round_repeats(blk.repeats, d_mult)
@@ -116,7 +119,7 @@ def lower(
                 stride = (1, 1)
             cin = c
             oh, ow = -(-h // stride[0]), -(-w // stride[1])
-            mid = mid_of(cin, cout, e, force_in, 1)
+            mid = mid_of(cin, cout, e, force_in, ediv)
             same = cin == cout and stride == (1, 1)
             if bskip == "noskip":
                 skip: ResolvedSkip = "none"
@@ -124,10 +127,10 @@ def lower(
                 skip = "identity"
             else:
                 skip = "pool" if bskip == "pool" else "none"
-            se = se_channels(cin, ratio)
+            se = sek.width(cin, mid, ratio)
             layers.append(new(Layer, (
                 f"blocks.{bi}.{r}", "block", op, bi, r, (h, w, cin), (oh, ow, cout), k, stride,
-                e, mid, ratio, se, skip, skip == "pool" and cin != cout, act)))
+                e, mid, ratio, se, skip, skip == "pool" and cin != cout, act, sek.gate, se_act)))
             h, w, c = oh, ow, cout
 
     head = net.head
@@ -135,9 +138,14 @@ def lower(
         hout = round_filters(head.output, head.output_factor, 1.0, div, mind)
     else:
         hout = round_filters(head.output, head.output_factor, max(1.0, w_mult), div, mind)
-    oh, ow = _out_hw(h, w, head.stride)
-    layers.append(Layer("head", "head", "cv", -1, 0, (h, w, c), (oh, ow, hout), head.kernel, head.stride,
-                        1.0, hout, 0.0, 0, "none", False, head.act or default_act))
+    if net.head_pooled:  # MobileNetV3: global pool, then the 1x1 conv (a dense layer with bias, no BN) + act
+        layers.append(Layer("head", "head", "fc", -1, 0, (h, w, c), (1, 1, hout), 1, (1, 1), 1.0, c, 0.0, 0, "none",
+                            False, head.act or default_act))
+        oh, ow = 1, 1
+    else:
+        oh, ow = _out_hw(h, w, head.stride)
+        layers.append(Layer("head", "head", "cv", -1, 0, (h, w, c), (oh, ow, hout), head.kernel, head.stride,
+                            1.0, hout, 0.0, 0, "none", False, head.act or default_act))
     h, w, c = oh, ow, hout
     layers.append(Layer("classifier", "classifier", "fc", -1, 0, (h, w, c), (1, 1, net.classes), 1, (1, 1),
                         1.0, c, 0.0, 0, "none", False, "none"))

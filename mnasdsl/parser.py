@@ -178,7 +178,7 @@ def _stmt(t: Tree) -> Stmt:
 
 
 _KEYWORDS = frozenset({"input", "classes", "width", "depth", "divisor", "min_depth", "dropout", "bn", "padding",
-                       "activation", "stem", "head", "blocks"})
+                       "activation", "stem", "head", "blocks", "expansion_divisor"})
 _RE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 _RE_DIMS = re.compile(r"[0-9]+x[0-9]+(x[0-9]+)?\Z")
 _RE_INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -186,7 +186,7 @@ _RE_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z"
 _RE_TOKEN = re.compile(r"[^ \t\f\r#]+")
 _RE_PLAIN_TEXT = re.compile(r"(?:[ -~\t\n]|\r(?=\n))*\Z")  # printable ASCII, tabs, newlines only
 _VALUE_RE = {"input": _RE_DIMS, "classes": _RE_INT, "divisor": _RE_INT, "min_depth": _RE_INT,
-             "width": _RE_NUMBER, "depth": _RE_NUMBER, "dropout": _RE_NUMBER}
+             "expansion_divisor": _RE_INT, "width": _RE_NUMBER, "depth": _RE_NUMBER, "dropout": _RE_NUMBER}
 _ENUMS = {"padding": ("same", "symmetric"), "activation": ("relu6", "relu", "swish", "hswish")}
 
 
@@ -253,7 +253,9 @@ def statements_fast(text: str) -> list[Stmt] | None:
             if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("fixed", "scaled")):
                 return None
         elif first == "head":
-            if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("fixed", "scaled")):
+            if (len(args) not in (1, 2, 3) or (len(args) == 3 and (args[1] not in ("fixed", "scaled")
+                                                                   or args[2] != "pooled"))
+                    or (len(args) == 2 and args[1] not in ("fixed", "scaled", "pooled"))):
                 return None
         out.append(Stmt(first, args, whole, asp))
     return out
@@ -307,6 +309,7 @@ _SETTING_NAMES = {
     "input": "input", "classes": "classes", "width": "width", "depth": "depth", "divisor": "divisor",
     "min_depth": "min_depth", "dropout": "dropout", "bn": "bn", "padding": "padding",
     "activation": "activation", "stem": "stem", "head": "head", "blocks": "blocks",
+    "expansion_divisor": "expansion_divisor",
 }
 
 
@@ -323,6 +326,16 @@ def _unknown_setting(word: str, in_blocks: bool) -> tuple[str, str | None] | Non
     if close:
         return word, close[0]
     return None if in_blocks else (word, None)
+
+
+def _field_span(text: str, span: Span, field: str) -> Span:
+    """The span of one ``_``-separated field of a block string (the whole string if absent)."""
+    pos = 0
+    for f in text.split("_"):
+        if f == field:
+            return Span(span.line, span.col + pos, span.line, span.col + pos + len(f))
+        pos += len(f) + 1
+    return span
 
 
 def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) -> Network | SpaceDef | None:
@@ -373,8 +386,8 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
             if None not in vals:
                 fields["input"] = tuple(vals)
                 spans["input"] = sp[0]
-        elif s.kind in ("classes", "divisor", "min_depth"):
-            hi = {"classes": MAX_CLASSES, "divisor": 1024, "min_depth": MAX_CHANNELS}[s.kind]
+        elif s.kind in ("classes", "divisor", "min_depth", "expansion_divisor"):
+            hi = {"classes": MAX_CLASSES, "divisor": 1024, "min_depth": MAX_CHANNELS, "expansion_divisor": 1024}[s.kind]
             v = _num(a[0], sp[0], sink, s.kind, 1, hi, integer=True)
             if v is not None:
                 fields[s.kind] = v
@@ -417,8 +430,14 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
                 fields[s.kind] = blk
             if s.kind == "head":
                 head_span = sp[0]
-                if len(a) > 1:
-                    fields["head_mode"] = a[1]
+                for word in a[1:]:
+                    if word == "pooled":
+                        fields["head_pooled"] = True
+                    else:
+                        fields["head_mode"] = word
+                if fields.get("head_pooled") and blk is not None and blk.kernel != 1:
+                    sink.error(f"a pooled head is a 1x1 conv on the pooled features: write `k1`, not `k{blk.kernel}`",
+                               _field_span(a[0], sp[0], f"k{blk.kernel}"))
             elif len(a) > 1:
                 fields["stem_mode"] = a[1]
         if s.kind in ("blocks", "block_line"):
@@ -463,6 +482,7 @@ def build_unit(unit: Unit, sink: DiagnosticSink, syntax_errors: bool = False) ->
 _DEFAULTS: dict[str, Any] = dict(
     input=(224, 224, 3), classes=1000, width=1.0, depth=1.0, divisor=8, min_depth=None, dropout=0.2,
     bn_momentum=0.99, bn_eps=1e-3, padding="same", activation="relu", head_mode="fixed", stem_mode="scaled",
+    expansion_divisor=1, head_pooled=False,
 )
 
 

@@ -113,7 +113,7 @@ class Space:
         self._sig_cache: dict[tuple[int, ...], tuple[Network, LoweredNetwork, tuple[object, ...]]] = {}
         self._header = {k: getattr(spec, k) for k in (
             "input", "classes", "width", "depth", "divisor", "min_depth", "dropout", "bn_momentum", "bn_eps",
-            "padding", "activation", "head_mode", "stem_mode")}
+            "padding", "activation", "head_mode", "stem_mode", "expansion_divisor", "head_pooled")}
 
     # -- shape of the space -------------------------------------------------------------------
     def size(self) -> int:

@@ -65,13 +65,15 @@ def spec(name: str, resolution: int | tuple[int, int]) -> mnasdsl.Network:
     return mnasdsl.load(ROOT / "specs" / f"{name}.mnas").scaled(resolution=resolution, classes=10)
 
 
-def randomize(model: fb.MnasNet, seed: int = 0) -> None:
+def randomize(model: fb.MnasNet, seed: int = 0, var_scale: float = 1.0) -> None:
     """Random BN statistics and affine terms of every conv (and SE/classifier biases), so the folded
     kernel and bias really differ from the raw ones.
 
     The variance is drawn around the conv's output variance for unit-variance input (the sum of its
     squared kernel weights per output channel), so activations stay O(1) through 50 layers and the
-    logits O(1-10): with unit variances they reach 1e3 and float32 alone is off by 1e-4 there."""
+    logits O(1-10): with unit variances they reach 1e3 and float32 alone is off by 1e-4 there.
+    ``var_scale`` < 1 keeps the image's signal alive through hard-swish/SE stacks, whose activations
+    shrink per block when the statistics assume unit-variance inputs."""
     rng = np.random.default_rng(seed)
 
     def put(var: Any, values: np.ndarray) -> None:
@@ -83,7 +85,7 @@ def randomize(model: fb.MnasNet, seed: int = 0) -> None:
             kernel = np.asarray(m.kernel[...], np.float64)
             cout = kernel.shape[-1]
             gain = np.square(kernel).reshape(-1, cout).sum(axis=0)
-            put(m.bn.var, gain * rng.uniform(0.5, 2.0, cout))
+            put(m.bn.var, gain * var_scale * rng.uniform(0.5, 2.0, cout))
             put(m.bn.mean, rng.normal(0.0, 0.2, cout) * np.sqrt(gain))
             put(m.bn.scale, rng.uniform(0.5, 1.5, cout))
             put(m.bn.bias, rng.normal(0.0, 0.2, cout))
@@ -91,6 +93,8 @@ def randomize(model: fb.MnasNet, seed: int = 0) -> None:
         elif isinstance(m, fb.SqueezeExcite):
             put(m.reduce_bias, rng.normal(0.0, 0.2, m.reduce_bias.shape))
             put(m.expand_bias, rng.normal(0.0, 0.2, m.expand_bias.shape))
+        elif isinstance(m, fb.PooledHead):
+            put(m.bias, rng.normal(0.0, 0.2, m.bias.shape))
     assert n_bn == sum(isinstance(m, fb.BatchNorm) for _, m in nnx.iter_modules(model))
     put(model.classifier_bias, rng.normal(0.0, 0.2, model.classifier_bias.shape))
 
@@ -100,9 +104,9 @@ def flax_eval(model: fb.MnasNet, x: jax.Array) -> jax.Array:
     return model(x, train=False)
 
 
-def built(net: mnasdsl.Network, seed: int = 0) -> fb.MnasNet:
+def built(net: mnasdsl.Network, seed: int = 0, var_scale: float = 1.0) -> fb.MnasNet:
     model = fb.build(mnasdsl.lower(net), rngs=nnx.Rngs(seed))
-    randomize(model, seed)
+    randomize(model, seed, var_scale)
     return model
 
 

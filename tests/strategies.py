@@ -25,7 +25,8 @@ def blocks(draw: st.DrawFn) -> Block:
         output=draw(st.integers(1, 96)),
         output_factor=factor,
         force_in=force_in,
-        se=draw(st.sampled_from([0.0, 0.25, 0.5, 0.125])),
+        se=(se := draw(st.sampled_from([0.0, 0.25, 0.5, 0.125]))),
+        se_kind=draw(st.sampled_from(["tf", "hsig", "act"])) if se else "tf",
         skip=draw(st.sampled_from(["default", "noskip", "pool"])),
         act=draw(acts),
     )
@@ -54,4 +55,6 @@ def networks(draw: st.DrawFn) -> Network:
         blocks=tuple(draw(st.lists(blocks(), min_size=1, max_size=6))),
         head=head,
         head_mode=draw(st.sampled_from(["fixed", "scaled"])),
+        expansion_divisor=draw(st.sampled_from([1, 8])),
+        head_pooled=draw(st.booleans()),
     )

@@ -16,7 +16,7 @@ PIECES = [
     "s1", "s3", "s123", "s", "e1", "e6", "e2.5", "e0.5", "e100", "e6.", "e.5", "e1.0", "i16", "i0", "i8",
     "o24", "o0", "o8", "o24x0.75", "o24x0", "o24x1", "o24x20", "o99999", "ox1", "se0", "se0.25", "se1", "se2",
     "se.5", "se", "noskip", "pool", "id", "relu", "relu6", "swish", "hswish", "nre", "nr6", "nsw", "nhs", "mb",
-    "ds", "cv", "ir", "cn", "er", "fc24", "fc0", "fc", "fc8x2",
+    "ds", "cv", "ir", "cn", "er", "fc24", "fc0", "fc", "fc8x2", "hsig", "seact", "sehsig",
     "q3", "", "k{3,5}", "{cv,ds}", "x", "r1{-1,+0}", "o24x{0.75,1}", "k3 ", "é",
     "12345678901", "se0.2500000000000000000000001",
 ]
@@ -63,6 +63,8 @@ LINES = [
     "padding same", "padding symmetric", "padding x", "activation swish", "activation tanh",
     "stem cv_k3_s22_o32", "stem", "stem a b", "head cv_k1_o1280", "head cv_k1_o1280 fixed", "head x scaled",
     "head x y", "blocks", "blocks r1_k3_e6_o8", "  r1_k3_s11_e6_o16 r2_k5_e3_o24", "inputs 3", "input_x",
+    "expansion_divisor 8", "expansion_divisor 0", "expansion_divisor", "head cv_k1_o1280 fixed pooled",
+    "head cv_k1_o1280 pooled", "head x pooled fixed", "head x pooled pooled",
     "r1 # c", "# comment", "", "   ", "\t classes\t10", "classes 10#c", "classes#c", "x : y", "network\ta:",
     "stem cv_k3_o8 # c", "é", "width\x0b1", "classes 10\r", "blocks#x", "head#", ":", "blocks input",
 ]

@@ -39,14 +39,16 @@ network tiny:
     r1_k3_s22_e2.5_i16_o16_pool
     r1_k3_s11_e6_i16_o24_relu
     cv_r1_k3_s22_i24_o24_noskip
-    er_r1_k3_s11_e4_i24_o24_se0.25
+    er_r1_k3_s11_e4_i24_o24_se0.25_hsig
     er_r1_k5_s21_e2.5_i24_o32_fc16_pool_relu6
-  head cv_k1_o32 fixed
+    r1_k3_s11_e3_i32_o32_se0.25_seact_hswish
+    ds_r1_k3_s11_i32_o32_se0.5_hsig
+  head cv_k1_o32 fixed HEAD
 """
 
 
-def tiny(padding: str = "same", act: str = "swish") -> mnasdsl.Network:
-    return mnasdsl.parse(TINY.replace("PADDING", padding).replace("ACT", act))[0]
+def tiny(padding: str = "same", act: str = "swish", head: str = "") -> mnasdsl.Network:
+    return mnasdsl.parse(TINY.replace("PADDING", padding).replace("ACT", act).replace(" HEAD", head))[0]
 
 
 @nnx.jit
@@ -138,6 +140,10 @@ def reference_forward(model: fb.MnasNet, x: np.ndarray) -> np.ndarray:
     low = model.lowered
     y = x.astype(np.float64)
     for layer, m in zip(low.layers, model.layers):
+        if layer.op == "fc":  # MobileNetV3's pooled head: mean, 1x1 conv with bias (no BN), act
+            y = y.mean(axis=(1, 2)) @ np.asarray(m.kernel[...], np.float64) + np.asarray(m.bias[...], np.float64)
+            y = _act(y, layer.act)[:, None, None, :]
+            continue
         if layer.kind in ("stem", "head"):
             y = _convbn(y, m, layer.act)
             continue
@@ -157,8 +163,9 @@ def reference_forward(model: fb.MnasNet, x: np.ndarray) -> np.ndarray:
         if layer.se:
             se = m.se
             s = y.mean(axis=(1, 2))
-            s = np.maximum(s @ np.asarray(se.reduce_kernel[...]) + np.asarray(se.reduce_bias[...]), 0)
-            s = 1 / (1 + np.exp(-(s @ np.asarray(se.expand_kernel[...]) + np.asarray(se.expand_bias[...]))))
+            s = _act(s @ np.asarray(se.reduce_kernel[...]) + np.asarray(se.reduce_bias[...]), layer.se_act)
+            g = s @ np.asarray(se.expand_kernel[...]) + np.asarray(se.expand_bias[...])
+            s = 1 / (1 + np.exp(-g)) if layer.se_gate == "sigmoid" else np.clip(g + 3, 0, 6) / 6
             y = y * s[:, None, None, :]
         if layer.op in ("mb", "ds", "er"):
             y = _convbn(y, m.project, "none")
@@ -231,11 +238,13 @@ def test_full_size_a1_forward() -> None:
 
 # --- semantics ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("padding,act", [("same", "swish"), ("symmetric", "relu")])
-def test_matches_numpy_reference(padding: str, act: str) -> None:
-    """SE, identity/pool/pool+proj skips, ds/mb/cv, odd sizes, both paddings, and every activation
-    (the network default plus the blocks' relu6/hswish/relu flags)."""
-    model = fb.build(tiny(padding, act), rngs=nnx.Rngs(0), platform="cpu")
+@pytest.mark.parametrize("padding,act,head", [("same", "swish", ""), ("symmetric", "relu", ""),
+                                              ("same", "hswish", " pooled")])
+def test_matches_numpy_reference(padding: str, act: str, head: str) -> None:
+    """SE (TF's, MobileNetV3's hard-sigmoid, the block's activation), identity/pool/pool+proj skips,
+    ds/mb/cv/er, odd sizes, both paddings, every activation (the network default plus the blocks'
+    relu6/hswish/relu flags), and the conv head or MobileNetV3's pooled head."""
+    model = fb.build(tiny(padding, act, head), rngs=nnx.Rngs(0), platform="cpu")
     randomize(model)
     x = np.random.default_rng(0).normal(size=(2, 13, 11, 3)).astype(np.float32)
     got = np.asarray(fwd(model, jnp.asarray(x)))
@@ -403,7 +412,7 @@ np.save(sys.argv[3], np.asarray(exp.call(x)))
 
 def test_stablehlo_reloads_in_fresh_process(tmp_path: Path) -> None:
     spec = tmp_path / "tiny.mnas"
-    spec.write_text(TINY.replace("PADDING", "same").replace("ACT", "swish"))
+    spec.write_text(TINY.replace("PADDING", "same").replace("ACT", "swish").replace(" HEAD", ""))
     model = fb.build(tiny(), rngs=nnx.Rngs(0))
     randomize(model, seed=5)
     fb.save_params(model, tmp_path / "params")

@@ -171,7 +171,9 @@ def test_tf_block_strings_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("text", "match"), [
-    ("er_r1_k3_s1_e4_c24", "edge-residual"),
+    ("uir_r1_a3_k5_s1_e4_c24", "universal inverted residual"),
+    ("er_r1_k3_s1_e1_c24", "expansion conv"),
+    ("ir_r1_k3_s1_e4_c24_fc16", "only applies to er blocks"),
     ("ir_r1_k3.5_s1_e4_c24", "mixed kernels"),
     ("ir_r1_k3_s1_e1_c24", "expansion conv"),
     ("ir_r1_k3_s1_e6", "missing `c`"),

@@ -70,8 +70,8 @@ def check_graph(data: bytes, folded: FoldedNetwork, opset: int = 17) -> None:
     assert len({n.name for n in model.graph.node}) == len(model.graph.node)
 
 
-def parity(net: mnasdsl.Network, tmp_path: Path, batch: int = 2, opset: int = 17) -> bytes:
-    model = built(net)
+def parity(net: mnasdsl.Network, tmp_path: Path, batch: int = 2, opset: int = 17, var_scale: float = 1.0) -> bytes:
+    model = built(net, var_scale=var_scale)
     x = images(model, batch)
     want = np.asarray(flax_eval(model, x))
     got, data = export_run(model, x, tmp_path, batch=batch, opset=opset)
@@ -229,3 +229,13 @@ def test_bad_files_are_mnas_errors(kind: str, tmp_path: Path) -> None:
         load_onnx(path)
     msg = str(err.value)
     assert str(path) in msg and "\n" not in msg.strip(), msg
+
+
+@pytest.mark.parametrize("name", ["mobilenet-v3-large", "mobilenet-v3-small", "efficientnet-edgetpu-s",
+                                  "efficientnetv2-b0"])
+def test_mnasnet_descendants_parity(name: str, tmp_path: Path) -> None:
+    """er, MobileNetV3's HardSigmoid SE gates and pooled head (GlobalAveragePool before its Conv), SE with swish."""
+    data = parity(spec(name, (57, 45)), tmp_path, var_scale=0.65)
+    ops = census(data)
+    if name.startswith("mobilenet-v3"):
+        assert ops["HardSigmoid"] >= 8 and ops["GlobalAveragePool"] == ops["HardSigmoid"] + 2

@@ -100,21 +100,30 @@ def test_er_cost_equals_flax_params_per_layer() -> None:
     ("er_k3_e1_o16_fc24", 16, "`fc24` has no meaning for an e1 `er` block (a `cv` block)"),
     ("er_k3_e4_o16_fc0", 16, "forced input channels must be between 1 and 32768, got 0"),
     ("ds_k3_e4_o16", 8, "expansion `e4` has no meaning for a `ds` block (only `mb`, `er` expand)"),
+    ("r1_k3_e3_o16_hsig", 14, "`hsig` picks a squeeze-excitation variant, but this block has no squeeze-excitation"),
+    ("r1_k3_e3_o16_se0_seact", 18, "`seact` picks a squeeze-excitation variant"),
+    ("r1_k3_e3_o16_se0.25_hsig_seact", 26, "duplicate field"),
 ])
-def test_er_field_errors_point_at_the_field(text: str, col: int, message: str) -> None:
+def test_field_errors_point_at_the_field(text: str, col: int, message: str) -> None:
+    """`er`/`fc` where they do not apply, and SE variants on a block without SE: a caret at the field."""
     with pytest.raises(MnasError) as err:
         parse_block(text)
     d = err.value.diagnostics[0]
     assert message in d.message and d.span.col == col
 
 
-def test_er_in_stem_or_head_is_an_error_with_a_caret(tmp_path: Path) -> None:
+def file_errors(tmp_path: Path, text: str) -> list[tuple[str, int, int]]:
+    """(message, line, col) of every diagnostic loading ``text`` as a file gives (it must fail)."""
     path = tmp_path / "bad.mnas"
-    path.write_text(ER_NET.replace("WIDTH", "1.0").replace("stem cv_k3_s22_o32", "stem er_k3_s22_e4_o32")
-                    .replace("head cv_k1_o128", "head cv_k1_o128_fc8"))
+    path.write_text(text)
     with pytest.raises(MnasError) as err:
         mnasdsl.load(str(path))
-    msgs = [(d.message, d.span.line, d.span.col) for d in err.value.diagnostics]
+    return [(d.message, d.span.line, d.span.col) for d in err.value.diagnostics]
+
+
+def test_er_in_stem_or_head_is_an_error_with_a_caret(tmp_path: Path) -> None:
+    msgs = file_errors(tmp_path, ER_NET.replace("WIDTH", "1.0").replace("stem cv_k3_s22_o32", "stem er_k3_s22_e4_o32")
+                       .replace("head cv_k1_o128", "head cv_k1_o128_fc8"))
     assert ("the stem is a regular convolution: write `cv_...`", 5, 8) in msgs
     assert ("`fc` is not allowed in the head", 10, 21) in msgs and len(msgs) == 3
 
@@ -148,26 +157,6 @@ def test_fast_constructor_keeps_the_model_field_order() -> None:
     b = parse_block("er_r1_k3_s11_e4_i32_o24_fc24_se0.25_noskip_relu")
     assert list(b.__dict__) == list(mnasdsl.ir.Block.model_fields)
     assert b == mnasdsl.ir.Block(**{k: v for k, v in b.__dict__.items() if k not in ("span", "spans")})
-
-
-def test_space_offers_er() -> None:
-    space = mnasdsl.space.Space(mnasdsl.parse("""\
-space fused:
-  input 32x32x3
-  classes 10
-  stem cv_k3_s22_o16
-  blocks
-    {mb_e3,mb_e6,er_e4}_r1_k3_s22_o24
-    {ds,er_e2}_r2_k{3,5}_o24
-  head cv_k1_o64
-""")[0])
-    assert space.size() == 3 * 2 * 2
-    ops = set()
-    for i in range(space.size()):
-        net = space.decode(space.encode(space.sample(i)))
-        ops.update(b.op for b in net.blocks)
-        assert mnasdsl.cost(net).params > 0
-    assert ops == {"mb", "er", "ds"}
 
 
 def test_show_cost_fmt_handle_er(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

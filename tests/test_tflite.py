@@ -24,10 +24,11 @@ from mnasdsl.diagnostics import MnasError  # noqa: E402
 from .export_nets import POOL, ROOT, SPECS, TOL, built, every, flax_eval, images, spec  # noqa: E402
 
 
-def litert_parity(net: mnasdsl.Network, batch: int = 2, seed: int = 0) -> tuple[bytes, float]:
-    model = built(net, seed)
+def litert_parity(net: mnasdsl.Network, batch: int = 2, seed: int = 0, var_scale: float = 1.0) -> tuple[bytes, float]:
+    model = built(net, seed, var_scale)
     x = images(model, batch)
     ref = np.asarray(flax_eval(model, jax.numpy.asarray(x)))
+    assert batch == 1 or np.ptp(ref, axis=0).max() > 1e-3  # the logits depend on the image
     data = tl.convert(fold(model), batch)
     got = tl.load(data).run(x)
     return data, float(np.max(np.abs(got - ref)))
@@ -245,3 +246,18 @@ def test_unconvertible_op_names_the_layer(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(tl, "non_builtin", lambda census: sorted(k for k in census if k == "CUMSUM"))
     with pytest.raises(MnasError, match=r"layer (stem|blocks\.\d+\.\d+) .*CUMSUM"):
         tl.convert(fold(built(every("same"))), 1)
+
+
+NEW_SPECS = ["mobilenet-v3-large", "mobilenet-v3-small", "efficientnet-edgetpu-s", "efficientnetv2-b0"]
+
+
+@pytest.mark.parametrize("name", NEW_SPECS)
+def test_parity_mnasnet_descendants(name: str) -> None:
+    """Fused MBConv, MobileNetV3's hard-sigmoid SE and pooled head, SE with swish: builtins only
+    (hard-swish as HARD_SWISH), within the parity tolerance."""
+    data, diff = litert_parity(spec(name, (57, 45)), var_scale=0.65)
+    assert diff <= TOL
+    census = tl.op_census(data)
+    assert tl.non_builtin(census) == []
+    if name.startswith("mobilenet-v3"):
+        assert census.get("HARD_SWISH", 0) >= 10 and "LOGISTIC" not in census  # hard sigmoid gates, no sigmoid

@@ -123,22 +123,45 @@ class DepthwiseBN(nnx.Module):
         return ACTIVATIONS[self.act](self.bn(y, train))
 
 
-class SqueezeExcite(nnx.Module):
-    """Global mean -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid gate, as in TF."""
+GATES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "hsigmoid": lambda x: jax.nn.relu6(x + 3.0) * (1.0 / 6.0),
+}
 
-    def __init__(self, ch: int, se: int, dtype: Any, rng: np.random.Generator) -> None:
+
+class SqueezeExcite(nnx.Module):
+    """Global mean -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> gate; TF's is ReLU and sigmoid,
+    MobileNetV3's ReLU and hard sigmoid, EfficientNetV2's the block's activation and sigmoid."""
+
+    def __init__(self, ch: int, se: int, dtype: Any, rng: np.random.Generator, act: str = "relu",
+                 gate: str = "sigmoid") -> None:
         self.reduce_kernel = _conv_param(rng, (ch, se), se)
         self.reduce_bias = nnx.Param(_put(np.zeros(se, np.float32)))
         self.expand_kernel = _conv_param(rng, (se, ch), ch)
         self.expand_bias = nnx.Param(_put(np.zeros(ch, np.float32)))
-        self.dtype = dtype
+        self.dtype, self.act, self.gate = dtype, act, gate
 
     def __call__(self, x: jax.Array) -> jax.Array:
         d = self.dtype
         s = jnp.mean(x, axis=(1, 2))
-        s = jax.nn.relu(s @ self.reduce_kernel[...].astype(d) + self.reduce_bias[...].astype(d))
-        s = jax.nn.sigmoid(s @ self.expand_kernel[...].astype(d) + self.expand_bias[...].astype(d))
+        s = ACTIVATIONS[self.act](s @ self.reduce_kernel[...].astype(d) + self.reduce_bias[...].astype(d))
+        s = GATES[self.gate](s @ self.expand_kernel[...].astype(d) + self.expand_bias[...].astype(d))
         return x * s[:, None, None, :]
+
+
+class PooledHead(nnx.Module):
+    """MobileNetV3's efficient head: global mean -> 1x1 conv with bias, no BN -> act. Returns a 1x1 map."""
+
+    def __init__(self, cin: int, cout: int, act: str, dtype: Any, rng: np.random.Generator) -> None:
+        self.kernel = _conv_param(rng, (cin, cout), cout)
+        self.bias = nnx.Param(_put(np.zeros(cout, np.float32)))
+        self.act, self.dtype = act, dtype
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        d = self.dtype
+        s = jnp.mean(x, axis=(1, 2))
+        s = ACTIVATIONS[self.act](s @ self.kernel[...].astype(d) + self.bias[...].astype(d))
+        return s[:, None, None, :]
 
 
 class _Ctx(NamedTuple):
@@ -208,7 +231,8 @@ class Block(nnx.Module):
         self.expand = nnx.data(_make(parts.expand))
         self.dw = nnx.data(_make(parts.dw))
         self.conv = nnx.data(_make(parts.conv))
-        self.se = nnx.data(SqueezeExcite(layer.mid, layer.se, dtype, rng) if layer.se else None)
+        self.se = nnx.data(SqueezeExcite(layer.mid, layer.se, dtype, rng, layer.se_act, layer.se_gate)
+                           if layer.se else None)
         self.project = nnx.data(_make(parts.project))
         self.pool_proj = nnx.data(ConvBN(cin, cout, 1, (1, 1), "none", padding, bn, dtype, rng)
                                   if layer.pool_proj else None)
@@ -247,7 +271,9 @@ class MnasNet(nnx.Module):
         layers: list[nnx.Module] = []
         for ly in lowered.layers:
             cin, cout = ly.in_shape[2], ly.out_shape[2]
-            if ly.kind in ("stem", "head"):
+            if ly.kind == "head" and ly.op == "fc":
+                layers.append(PooledHead(cin, cout, ly.act, dtype, rng))
+            elif ly.kind in ("stem", "head"):
                 layers.append(ConvBN(cin, cout, ly.kernel, ly.stride, ly.act, pad, bn, dtype, rng))
             elif ly.kind == "block":
                 layers.append(Block(ly, pad, bn, dtype, impl, rng))

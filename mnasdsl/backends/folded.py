@@ -39,18 +39,25 @@ class FoldedConv:
 
 @dataclass(frozen=True)
 class FoldedSE:
-    """mean over H, W -> dense (bias) -> ReLU -> dense (bias) -> sigmoid -> multiply."""
+    """mean over H, W -> dense (bias) -> act -> dense (bias) -> gate -> multiply."""
 
     reduce_kernel: np.ndarray  # (C, S)
     reduce_bias: np.ndarray
     expand_kernel: np.ndarray  # (S, C)
     expand_bias: np.ndarray
+    act: str = "relu"  # relu | relu6 | swish | hswish
+    gate: str = "sigmoid"  # sigmoid | hsigmoid
+
+
+@dataclass(frozen=True)
+class FoldedPool:
+    """Global average pool to a 1x1 map (MobileNetV3's pooled head starts with it)."""
 
 
 @dataclass(frozen=True)
 class FoldedLayer:
     layer: Layer
-    ops: tuple[FoldedConv | FoldedSE, ...]  # the main path, in order
+    ops: tuple[FoldedConv | FoldedSE | FoldedPool, ...]  # the main path, in order
     skip: Literal["none", "identity", "pool"]
     pool_stride: tuple[int, int]
     pool_pads: Pads  # the pool skip's SAME padding (window = stride)
@@ -95,7 +102,7 @@ def _after(hw: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
 
 def fold(model: Any) -> FoldedNetwork:
     """The inference form of a Flax ``MnasNet`` module (see :mod:`mnasdsl.backends.flax`)."""
-    from .flax import Block, ConvBN
+    from .flax import Block, ConvBN, PooledHead
 
     low: LoweredNetwork = model.lowered
     pad = low.padding
@@ -105,8 +112,13 @@ def fold(model: Any) -> FoldedNetwork:
         if isinstance(mod, ConvBN):
             out.append(FoldedLayer(ly, (_conv(mod, hw, pad),), "none", (1, 1), ((0, 0), (0, 0)), None))
             continue
+        if isinstance(mod, PooledHead):  # no BN to fold: the 1x1 conv's own weights and bias
+            k = _arr(mod.kernel)
+            conv = FoldedConv(k[None, None], _arr(mod.bias), (1, 1), ((0, 0), (0, 0)), 1, mod.act)
+            out.append(FoldedLayer(ly, (FoldedPool(), conv), "none", (1, 1), ((0, 0), (0, 0)), None))
+            continue
         assert isinstance(mod, Block)
-        ops: list[FoldedConv | FoldedSE] = []
+        ops: list[FoldedConv | FoldedSE | FoldedPool] = []
         cur = hw
         if mod.expand is not None:
             ops.append(_conv(mod.expand, cur, pad, part="expand"))
@@ -119,7 +131,7 @@ def fold(model: Any) -> FoldedNetwork:
         if mod.se is not None:
             se = mod.se
             ops.append(FoldedSE(_arr(se.reduce_kernel), _arr(se.reduce_bias), _arr(se.expand_kernel),
-                                _arr(se.expand_bias)))
+                                _arr(se.expand_bias), se.act, se.gate))
         if mod.project is not None:
             ops.append(_conv(mod.project, cur, pad, part="project"))
         pool_pads: Pads = ((0, 0), (0, 0))

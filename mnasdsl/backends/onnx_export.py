@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import Diagnostic, MnasError
-from .folded import FoldedConv, FoldedLayer, FoldedNetwork, FoldedSE
+from .folded import FoldedConv, FoldedLayer, FoldedNetwork, FoldedPool, FoldedSE
 
 __all__ = ["INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "OnnxModel", "expected_nodes", "load_onnx", "to_onnx"]
 
@@ -48,7 +48,12 @@ def expected_nodes(net: FoldedNetwork, *, opset: int = 17) -> int:
     n = 1  # the NHWC -> NCHW transpose
     for fl in net.layers:
         for op in fl.ops:
-            n += 6 if isinstance(op, FoldedSE) else 1 + _act_nodes(op.act, opset)
+            if isinstance(op, FoldedSE):  # pool, reduce, act, expand, gate, multiply
+                n += 4 + _act_nodes(op.act, opset) + 1
+            elif isinstance(op, FoldedPool):
+                n += 1
+            else:
+                n += 1 + _act_nodes(op.act, opset)
         if fl.skip == "identity":
             n += 1  # Add
         elif fl.skip == "pool":
@@ -118,11 +123,14 @@ class _Graph:
         rw = self.init(f"{name}/reduce/weight", se.reduce_kernel.T[:, :, None, None])
         rb = self.init(f"{name}/reduce/bias", se.reduce_bias)
         s = self.node("Conv", [s, rw, rb], f"{name}/reduce", kernel_shape=[1, 1])
-        s = self.node("Relu", [s], f"{name}/reduce/relu")
+        s = self.act(s, se.act, f"{name}/reduce")
         ew = self.init(f"{name}/expand/weight", se.expand_kernel.T[:, :, None, None])
         eb = self.init(f"{name}/expand/bias", se.expand_bias)
         s = self.node("Conv", [s, ew, eb], f"{name}/expand", kernel_shape=[1, 1])
-        s = self.node("Sigmoid", [s], f"{name}/gate")
+        if se.gate == "sigmoid":
+            s = self.node("Sigmoid", [s], f"{name}/gate")
+        else:  # relu6(x + 3) / 6 == clip(x/6 + 1/2, 0, 1)
+            s = self.node("HardSigmoid", [s], f"{name}/gate", alpha=1.0 / 6.0, beta=0.5)
         return self.node("Mul", [x, s], name)
 
     def layer(self, x: str, fl: FoldedLayer) -> str:
@@ -131,6 +139,9 @@ class _Graph:
         for op in fl.ops:
             if isinstance(op, FoldedSE):
                 y = self.se(y, op, f"{base}/se")
+                continue
+            if isinstance(op, FoldedPool):
+                y = self.node("GlobalAveragePool", [y], f"{base}/pool")
                 continue
             y = self.conv(y, op, f"{base}/{op.part}")
         if fl.skip == "identity":

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import MnasError
-from .folded import FoldedConv, FoldedLayer, FoldedNetwork, FoldedSE
+from .folded import FoldedConv, FoldedLayer, FoldedNetwork, FoldedPool, FoldedSE
 from .tflite_flatbuffer import float_io, strip_redundant
 
 SIGNATURE = "serving_default"
@@ -99,8 +99,10 @@ def _se(x: Any, s: FoldedSE) -> Any:
     import jax.numpy as jnp
 
     m = jnp.mean(x, axis=(1, 2))
-    m = jax.nn.relu(m @ s.reduce_kernel + s.reduce_bias)
-    g = jax.nn.sigmoid(m @ s.expand_kernel + s.expand_bias)
+    m = _act(m @ s.reduce_kernel + s.reduce_bias, s.act)
+    g = m @ s.expand_kernel + s.expand_bias
+    # hard sigmoid as relu6(x + 3) / 6: ADD, RELU6 and MUL, kernels every LiteRT runtime has
+    g = jax.nn.sigmoid(g) if s.gate == "sigmoid" else jnp.clip(g + 3.0, 0.0, 6.0) * (1.0 / 6.0)
     return x * g[:, None, None, :]
 
 
@@ -132,7 +134,12 @@ def _avg_pool(x: Any, stride: tuple[int, int], pads: tuple[tuple[int, int], tupl
 def layer_forward(fl: FoldedLayer, x: Any) -> Any:
     y = x
     for op in fl.ops:
-        y = _conv(y, op) if isinstance(op, FoldedConv) else _se(y, op)
+        if isinstance(op, FoldedPool):
+            import jax.numpy as jnp
+
+            y = jnp.mean(y, axis=(1, 2), keepdims=True)
+        else:
+            y = _conv(y, op) if isinstance(op, FoldedConv) else _se(y, op)
     if fl.skip == "identity":
         y = y + x
     elif fl.skip == "pool":

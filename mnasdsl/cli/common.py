@@ -203,8 +203,8 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 def layer_text(layer: Any) -> str:
     """One table cell describing a lowered layer: op, kernel, stride, expansion, SE, skip."""
-    if layer.kind == "classifier":
-        return "pool+fc"
+    if layer.op == "fc":  # the classifier; MobileNetV3's pooled head (dense + bias + act)
+        return "pool+fc" if layer.kind == "classifier" else f"pool+fc {layer.act}"
     parts = [layer.op, f"k{layer.kernel}", f"s{layer.stride[0]}{layer.stride[1]}"]
     if OPS[layer.op].expands:
         parts.append(f"e{layer.expansion:g}")

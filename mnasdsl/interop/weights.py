@@ -125,6 +125,9 @@ def _timm(low: LoweredNetwork) -> Iterator[Slot]:
         at = ("layers", i)
         if ly.kind == "stem":
             yield from _conv_bn("conv_stem", "bn1", at)
+        elif ly.kind == "head" and ly.op == "fc":  # MobileNetV3's pooled head: conv_head has a bias, no BN
+            yield Slot("conv_head.weight", "params", (*at, "kernel"), _dense_1x1)
+            yield Slot("conv_head.bias", "params", (*at, "bias"), _same)
         elif ly.kind == "head":
             yield from _conv_bn("conv_head", "bn2", at)
         elif ly.kind == "classifier":

@@ -110,7 +110,7 @@ def layer_features(layer: Layer) -> list[float]:
     ho, wo, cout = layer.out_shape
     pin, pout = hi * wi, ho * wo
     a = _Acc()
-    if layer.kind == "classifier":  # global average pool + FC
+    if layer.op == "fc":  # global average pool + FC (the classifier, a pooled head)
         a.dense += cin * cout
         a.elems += pin * cin + cin + cout
         a.weights += cin * cout

@@ -107,7 +107,8 @@ def op_key(layer: Layer, act: str | None = None) -> str:
     """The canonical signature of what a layer computes (names and positions excluded):
     ``mb-i56x56x24-o28x28x40-k5-s2-e3-se0-skip:none-act:relu6``. Derived quantities (mid and SE
     channels, the pool-skip projection) follow from these fields; a width the op's own rule would
-    not give (``fc``, rounded expansions) is appended as ``-mid:N``."""
+    not give (``fc``, rounded expansions) is appended as ``-mid:N``, an SE other than TF's as
+    ``-se:GATE:ACT:WIDTH``."""
     hi, wi, ci = layer.in_shape
     ho, wo, co = layer.out_shape
     sh, sw = layer.stride
@@ -119,15 +120,19 @@ def op_key(layer: Layer, act: str | None = None) -> str:
 
 def _extras(layer: Layer) -> str:
     """Key suffixes for what the fields before them do not determine (empty for TF's own rules)."""
-    if layer.kind == "classifier":
+    if layer.op == "fc":
         return ""
     rule = OPS[layer.op].mid(layer.in_shape[2], layer.out_shape[2], layer.expansion, None, 1)
-    return f"-mid:{layer.mid}" if layer.mid != rule else ""
+    out = f"-mid:{layer.mid}" if layer.mid != rule else ""
+    if layer.se and (layer.se_gate, layer.se_act, layer.se) != ("sigmoid", "relu",
+                                                               se_channels(layer.in_shape[2], layer.se_ratio)):
+        out += f"-se:{layer.se_gate}:{layer.se_act}:{layer.se}"
+    return out
 
 
 _OPS_RE = "|".join((*OP_NAMES, "fc"))  # the registered ops and the classifier
 _KEY = re.compile(r"^(" + _OPS_RE + r")-i\d+x\d+x\d+-o\d+x\d+x\d+-k\d+-s\d+(x\d+)?-e[0-9.e+-]+-se[0-9.e+-]+"
-                  r"-skip:(none|identity|pool)-act:[a-z0-9_]+(-mid:\d+)?$")
+                  r"-skip:(none|identity|pool)-act:[a-z0-9_]+(-mid:\d+)?(-se:[a-z]+:[a-z0-9]+:\d+)?$")
 
 
 def key_variants(layer: Layer, act_equivalent: tuple[tuple[str, ...], ...]) -> list[str]:
@@ -294,7 +299,7 @@ def _px_layer(key: str, act: str) -> Layer:
 def layer_for_key(key: str) -> Layer:
     """Rebuild a representative Layer from a canonical key (for fitting on table entries)."""
     m = re.match(r"^(" + _OPS_RE + r")-i(\d+)x(\d+)x(\d+)-o(\d+)x(\d+)x(\d+)-k(\d+)-s(\d+)(?:x(\d+))?-e([^-]+)"
-                 r"-se([^-]+)-skip:(\w+)-act:(\w+)(?:-mid:(\d+))?$", key)
+                 r"-se([^-]+)-skip:(\w+)-act:(\w+)(?:-mid:(\d+))?(?:-se:([a-z]+):([a-z0-9]+):(\d+))?$", key)
     if not m:
         raise MnasError(f"{key!r} is not a canonical op signature")
     op = m.group(1)
@@ -304,10 +309,11 @@ def layer_for_key(key: str) -> Layer:
     sw = int(m.group(10)) if m.group(10) else sh
     e, ratio, skip, act = float(m.group(11)), float(m.group(12)), m.group(13), m.group(14)
     mid = i[2] if op == "fc" else int(m.group(15)) if m.group(15) else OPS[op].mid(i[2], o[2], e, None, 1)
-    se = se_channels(i[2], ratio)
+    se = int(m.group(18)) if m.group(18) else se_channels(i[2], ratio)
+    gate, se_act = (m.group(16), m.group(17)) if m.group(16) else ("sigmoid", "relu")
     kind = "classifier" if op == "fc" else "block"
     return Layer(kind, kind, "fc" if op == "fc" else op, -1, 0, i, o, k, (sh, sw), e, mid, ratio, se,  # type: ignore[arg-type]
-                 skip, skip == "pool" and i[2] != o[2], act)  # type: ignore[arg-type]
+                 skip, skip == "pool" and i[2] != o[2], act, gate, se_act)  # type: ignore[arg-type]
 
 
 def import_proxylessnas(text: str, path: str = "<yaml>", *, device: str = "pixel1", runtime: str = "TFLite",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import cv, ds, er, mb
 from .base import OpSpec, expanded_channels, make_divisible, se_channels
+from .se import SE_FLAGS, SE_KINDS, SeKind
 
 OPS: dict[str, OpSpec] = {s.name: s for s in (mb.SPEC, ds.SPEC, cv.SPEC, er.SPEC)}
 OP_NAMES: tuple[str, ...] = tuple(OPS)
@@ -21,5 +22,5 @@ def op_spec(name: str) -> OpSpec:
     return OPS[name]
 
 
-__all__ = ["OPS", "OP_ALIASES", "OP_NAMES", "OP_TOKENS", "OpSpec", "expanded_channels", "make_divisible", "op_spec",
-           "se_channels"]
+__all__ = ["OPS", "OP_ALIASES", "OP_NAMES", "OP_TOKENS", "SE_FLAGS", "SE_KINDS", "OpSpec", "SeKind",
+           "expanded_channels", "make_divisible", "op_spec", "se_channels"]
