@@ -44,6 +44,7 @@ _F32 = jnp.float32
 _CACHE: dict[tuple[Any, ...], Any] = {}  # executable key -> jax Compiled, for the life of the process
 _LOCK = threading.Lock()
 _SCHEDULES: dict[tuple[Any, ...], Any] = {}
+_IN_FLIGHT: dict[tuple[Any, ...], threading.Lock] = {}
 _STATS: dict[str, int] = {"compiled": 0, "reused": 0}
 
 
@@ -81,17 +82,27 @@ def _set_momentum(module: nnx.Module, momentum: Any) -> None:
 
 
 def _compile(key: tuple[Any, ...], make: Any) -> Any:
-    """The cached executable for ``key``, else ``make()`` (lower + compile) stored under it."""
+    """The cached executable for ``key``, else ``make()`` (lower + compile) stored under it. Two
+    threads asking for the same key (a network's repeated layers) compile it once."""
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _STATS["reused"] += 1
             return hit
-    exe = make()
-    with _LOCK:
-        _STATS["compiled"] += 1
-        _STATS[f"compiled:{key[0]}"] = _STATS.get(f"compiled:{key[0]}", 0) + 1
-        return _CACHE.setdefault(key, exe)
+        gate = _IN_FLIGHT.setdefault(key, threading.Lock())
+    with gate:
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                _STATS["reused"] += 1
+                return hit
+        exe = make()
+        with _LOCK:
+            _STATS["compiled"] += 1
+            _STATS[f"compiled:{key[0]}"] = _STATS.get(f"compiled:{key[0]}", 0) + 1
+            _CACHE[key] = exe
+            _IN_FLIGHT.pop(key, None)
+            return exe
 
 
 @dataclass
@@ -136,6 +147,7 @@ class LayerwiseTrainer:
         # The tail: the model itself with no layers (pool, dropout, classifier), fed the last features.
         tail = nnx.merge(*nnx.split(model))
         tail.layers = nnx.List([])
+        tail.lowered = None  # static metadata of the whole network: it would key the tail to this network
         self.tail = self._split(tail)
         self.tail_rest = nnx.state(tail, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat)))
         self.eval_batch = eval_batch or batch
@@ -296,11 +308,10 @@ class LayerwiseTrainer:
     def eval_model(self, batch_stats: Any = None) -> nnx.Module:
         """The trained network as one nnx module (the fused backend's), with these weights."""
         stats = batch_stats if batch_stats is not None else [ly.stats for ly in self.layers]
-        model = self._model
+        model = nnx.merge(*nnx.split(self._model))  # a new module each time, as the fused trainer's
         for module, ly, s in zip(model.layers, self.layers, stats, strict=True):
-            nnx.update(module, jax.device_get(ly.params), jax.device_get(s))
-        tail_params = jax.device_get(self.tail.params)
-        nnx.update(model, tail_params, jax.device_get(self.tail_rest))
+            nnx.update(module, jax.tree.map(jnp.copy, ly.params), jax.tree.map(jnp.copy, s))
+        nnx.update(model, jax.tree.map(jnp.copy, self.tail.params), jax.tree.map(jnp.copy, self.tail_rest))
         return model
 
 
