@@ -188,9 +188,17 @@ def test_timm_strings_the_language_cannot_express(text: str, match: str) -> None
 
 
 def test_timm_channel_rules_that_differ_are_refused() -> None:
-    # timm rounds 20 * 3 = 60 expanded channels up to 64; TF's rule (and the language) keep 60.
-    with pytest.raises(MnasError, match="multiple of 8"):
-        arch_from_timm(["ds_r1_k3_s1_c20", "ir_r1_k3_s1_e3_c20"], Settings(name="x", stem=20))
+    # timm sizes this SE round(22 x 0.25) = 6; the language int(22 x 0.25) = 5: not expressible.
+    with pytest.raises(MnasError, match="squeeze-excite has 6 channels"):
+        arch_from_timm(["ds_r1_k3_s1_c22_se0.25"], Settings(name="x", stem=22))
+
+
+def test_timm_expansion_rounding_becomes_expansion_divisor() -> None:
+    # timm rounds 20 * 3 = 60 expanded channels up to 64; TF's rule keeps 60: the import says `expansion_divisor 8`.
+    text, _ = arch_from_timm(["ds_r1_k3_s1_c20", "ir_r1_k3_s1_e3_c20"], Settings(name="x", stem=20))
+    assert "expansion_divisor 8" in text and lower(parsed_network(text)).blocks[1].mid == 64
+    text, _ = arch_from_timm(["ds_r1_k3_s1_c16", "ir_r1_k3_s1_e3_c16"], Settings(name="x", stem=16))
+    assert "expansion_divisor" not in text  # only when TF's rounding would differ
 
 
 def test_import_arch_cli(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,7 +206,7 @@ def test_import_arch_cli(capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     net = parsed_network(captured.out)
     assert [b.op for b in net.blocks] == ["ds", "mb"] and net.blocks[1].act == "swish"
-    assert "squeeze-excite" in captured.err  # timm's SE would use swish; ours uses ReLU: said, not hidden
+    assert net.blocks[1].se_kind == "act" and captured.err == ""  # timm's SE uses the block's swish: `seact`
     assert main(["import-arch", "--from", "tf", "r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24"]) == 0
     assert parsed_network(capsys.readouterr().out).padding == "same"
     assert main(["import-arch", "--from", "tf", "r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i99_o24"]) == 1
@@ -307,7 +315,8 @@ def _torch_python() -> str:
 
 FULL = [(m.source, m.name) for src in ("timm", "torchvision") for m in MODELS[src].values()
         if m.name in {"semnasnet_100", "mnasnet_100", "mnasnet_small", "mobilenetv2_100", "mnasnet0_5", "mnasnet0_75",
-                      "mnasnet1_0", "mnasnet1_3", "mobilenet_v2"}]
+                      "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenetv3_large_100", "mobilenetv3_small_100",
+                      "efficientnet_es", "tf_efficientnetv2_b0"}]
 
 
 @pytest.mark.parametrize(("source", "name"), FULL)
@@ -404,3 +413,81 @@ def test_import_list_and_train_init_errors(tmp_path: Path, capsys: pytest.Captur
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 1 and "no such checkpoint directory" in err and "Traceback" not in err
+
+
+# --- MnasNet's descendants: one tiny timm network per new construct (committed fixtures) ----------------
+
+@pytest.mark.parametrize("key", sorted(MANIFEST["arch_fixtures"]))
+def test_timm_arch_fixtures_reproduce_pytorch_logits(tmp_path: Path, key: str) -> None:
+    """er with fc, MobileNetV3's hard-sigmoid SE and pooled head, rounded expansions, SE with the
+    block's activation, TF SAME padding: import-arch's spec with the weights mapped strictly."""
+    from mnasdsl.interop import ModelDef, import_weights
+
+    f = MANIFEST["arch_fixtures"][key]
+    s = f["settings"]
+    spec = tmp_path / f"{key}.mnas"
+    argv = ["import-arch", "--from", "timm", json.dumps(f["arch"]), "--name", key, "--resolution",
+            f"{SIZE[0]}x{SIZE[1]}", "--classes", "10", "--stem", str(s["stem"]), "--head", str(s["head"]),
+            "--activation", s["activation"], "-o", str(spec)]
+    argv += ["--se", s["se"]] if "se" in s else []
+    argv += ["--head-pooled"] if s.get("head_pooled") else []
+    argv += ["--padding", s["padding"]] if "padding" in s else []
+    argv += ["--bn-eps", str(s["bn_eps"])] if "bn_eps" in s else []
+    assert main(argv) == 0
+    text = spec.read_text()
+    stages = tuple(len(stage) for stage in f["arch"])
+    md = ModelDef("timm", key, key, (), 1.0, "timm", (0.9, s.get("bn_eps", 1e-5)), stages=stages)
+    model = import_weights(md, text, read_state_dict(FIXTURES / f"{key}.safetensors"))
+    io = load_file(str(FIXTURES / f"{key}.io.safetensors"))
+    y = np.asarray(model(io["input_nchw"].astype(np.float32).transpose(0, 2, 3, 1), train=False))
+    assert y.shape == io["logits"].shape
+    assert np.abs(y - io["logits"]).max() <= 1e-4
+    ops = {ly.op for ly in lower(parsed_network(text)).blocks}
+    assert ops & {"er", "mb"}
+
+
+NEW_MODELS = {"mobilenetv3_large_100": 5_483_032, "mobilenetv3_small_100": 2_542_856, "efficientnet_es": 5_438_392,
+              "tf_efficientnetv2_b0": 7_139_704}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_MODELS))
+def test_mnasnet_descendants_are_the_reference_specs(name: str) -> None:
+    """`import timm NAME` is the committed spec's network in timm's conventions, with timm's count."""
+    spec = {"mobilenetv3_large_100": "mobilenet-v3-large", "mobilenetv3_small_100": "mobilenet-v3-small",
+            "efficientnet_es": "efficientnet-edgetpu-s", "tf_efficientnetv2_b0": "efficientnetv2-b0"}[name]
+    ours = parsed_network(model_text(find_model("timm", name)))
+    ref = load(SPECS / f"{spec}.mnas")
+    assert ours.blocks == ref.blocks and ours.head == ref.head and ours.head_pooled == ref.head_pooled
+    assert cost(lower(ours)).params == NEW_MODELS[name]
+    if name.startswith("mobilenetv3"):
+        narrow = lower(parsed_network(model_text(find_model("timm", name), width=0.5)))
+        assert narrow.layers[0].out_shape[2] == 16  # timm's fix_stem below 0.75
+
+
+MBV3_LARGE_ARCH = [["ds_r1_k3_s1_e1_c16_nre"], ["ir_r1_k3_s2_e4_c24_nre", "ir_r1_k3_s1_e3_c24_nre"],
+                   ["ir_r3_k5_s2_e3_c40_se0.25_nre"],
+                   ["ir_r1_k3_s2_e6_c80", "ir_r1_k3_s1_e2.5_c80", "ir_r2_k3_s1_e2.3_c80"],
+                   ["ir_r2_k3_s1_e6_c112_se0.25"], ["ir_r3_k5_s2_e6_c160_se0.25"], ["cn_r1_k1_s1_c960"]]
+ES_ARCH = [["er_r1_k3_s1_e4_c24_fc24_noskip"], ["er_r2_k3_s2_e8_c32"], ["er_r4_k3_s2_e8_c48"], ["ir_r5_k5_s2_e8_c96"],
+           ["ir_r4_k5_s1_e8_c144"], ["ir_r2_k5_s2_e8_c192"]]
+
+
+@pytest.mark.parametrize(("arch", "options", "spec"), [
+    (MBV3_LARGE_ARCH, ["--stem", "16", "--activation", "hswish", "--se", "hsig", "--head-pooled"],
+     "mobilenet-v3-large"),
+    (ES_ARCH, [], "efficientnet-edgetpu-s"),
+])
+def test_import_arch_reads_the_descendants_arch_defs(arch: list[list[str]], options: list[str], spec: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import-arch", "--from", "timm", json.dumps(arch), *options]) == 0
+    out = capsys.readouterr()
+    assert "warning" not in out.err
+    ours, ref = lower(parsed_network(out.out)), lower(load(SPECS / f"{spec}.mnas"))
+    assert [ly.signature() for ly in ours.layers] == [ly.signature() for ly in ref.layers]
+
+
+def test_width_locked_models_refuse_other_widths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "timm", "efficientnet_es", "--width", "0.5"]) == 1
+    assert "import it at width 1" in capsys.readouterr().err
+    assert main(["import", "timm", "mobilenetv3_large_100", "--width", "0.5"]) == 0
+    assert "Stem fixed at 16 channels below width 0.75" in capsys.readouterr().out

@@ -73,6 +73,11 @@ def register(sub: Any) -> None:
     p.add_argument("--stem", type=positive_int, metavar="C", help="stem channels (default 32, or the first "
                                                                    "TF block's i)")
     p.add_argument("--head", type=positive_int, default=1280, metavar="C", help="head channels (default 1280)")
+    p.add_argument("--se", choices=("act", "hsig"), default="act",
+                   help="timm: the squeeze-excitation the model class builds: act (timm's default: the block's "
+                        "activation, sigmoid gate) or hsig (MobileNetV3's hard-sigmoid SE)")
+    p.add_argument("--head-pooled", action="store_true",
+                   help="MobileNetV3's efficient head: pool, then the 1x1 conv with a bias and no BN")
     p.add_argument("--head-mode", choices=("fixed", "scaled"), default="fixed",
                    help="whether the head widens with --width above 1 (default fixed)")
     p.add_argument("--activation", choices=("relu", "relu6", "swish", "hswish"), default="relu",
@@ -130,7 +135,8 @@ def cmd_import_arch(args: argparse.Namespace) -> int:
                  width=args.width, dropout=args.dropout,
                  bn=(args.bn_momentum or (0.9 if timm else 0.99), args.bn_eps or (1e-5 if timm else 1e-3)),
                  padding=args.padding or ("symmetric" if timm else "same"), activation=args.activation,
-                 stem=stem or 32, head=args.head, head_mode=args.head_mode)
+                 stem=stem or 32, head=args.head, head_mode=args.head_mode, head_pooled=args.head_pooled,
+                 se_kind=args.se)
     if timm:
         text, warnings = arch_from_timm(strings, s)
         for w in warnings:

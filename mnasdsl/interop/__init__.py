@@ -32,7 +32,7 @@ def import_weights(model_def: ModelDef, spec_text: str, state_dict: dict[str, An
     model = build(low, rngs=nnx.Rngs(0))
     what = f"{model_def.source}'s {model_def.name} at width {net.width:g} with {net.classes} classes"
     try:
-        filled = map_state_dict(state_dict, low, model_def.scheme, variables(model), what)
+        filled = map_state_dict(state_dict, low, model_def.scheme, variables(model), what, model_def.stages)
     except MnasError as e:
         raise MnasError(e.diagnostics[0].message, path=origin) from None
     for key, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):

@@ -166,7 +166,9 @@ def _fmt(x: float) -> str:
     return text.removesuffix(".0")
 
 
-def _timm_to_block(b: TimmBlock, cin: int) -> str:
+def _timm_to_block(b: TimmBlock, cin: int, se_kind: str = "act", net_act: str = "relu") -> str:
+    """The block in the language; ``se_kind`` is the SE the timm model class builds: ``act`` (timm's
+    SqueezeExcite: the block's activation, sigmoid) or ``hsig`` (MobileNetV3's)."""
     parts = [b.op, f"r{b.repeats}", f"k{b.kernel}", f"s{b.stride}{b.stride}"]
     if OPS[b.op].expands:
         parts.append(f"e{_fmt(b.expansion)}")
@@ -175,6 +177,10 @@ def _timm_to_block(b: TimmBlock, cin: int) -> str:
         parts.append(f"fc{b.force_in}")
     if b.se:
         parts.append(f"se{_fmt(b.se)}")
+        if se_kind == "hsig":
+            parts.append("hsig")
+        elif (b.act or net_act) != "relu":  # with ReLU, timm's SE is TF's
+            parts.append("seact")
     # timm: ir/ds skip by default when shapes allow, cn only with an explicit `skip`.
     if b.skip is False or (b.op == "cv" and b.skip is not True):
         parts.append("noskip")
@@ -201,6 +207,9 @@ class Settings:
     head_mode: str = "fixed"
     depth: float = 1.0
     stem_mode: str = "scaled"
+    expansion_divisor: int = 1
+    head_pooled: bool = False
+    se_kind: str = "act"  # timm arch strings: the SE the model class builds (act: timm's default, hsig)
 
 
 def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()) -> str:
@@ -217,10 +226,11 @@ def network_text(s: Settings, blocks: Sequence[str], comment: Sequence[str] = ()
         f"  bn momentum {_fmt(s.bn[0])} eps {_fmt(s.bn[1])}",
         f"  padding {s.padding}",
         f"  activation {s.activation}",
+        *([f"  expansion_divisor {s.expansion_divisor}"] if s.expansion_divisor != 1 else []),
         f"  stem cv_k3_s22_o{s.stem}" + (" fixed" if s.stem_mode == "fixed" else ""),
         "  blocks",
         *(f"    {b}" for b in blocks),
-        f"  head cv_k1_o{s.head} {s.head_mode}",
+        f"  head cv_k1_o{s.head} {s.head_mode}" + (" pooled" if s.head_pooled else ""),
     ]
     text = format_source("\n".join(lines) + "\n", "<imported>")  # canonical: `fmt --check` passes
     parsed_network(text)
@@ -248,7 +258,11 @@ def check_timm_channels(low: LoweredNetwork, net: Network) -> None:
             if timm_mid != ly.mid:
                 raise MnasError(f"{ly.name}: timm expands {base} channels by {_fmt(ly.expansion)} to {timm_mid} "
                                 f"(a multiple of 8), mnasdsl to {ly.mid}: not expressible")
-        if ly.se:
+        if ly.se and ly.se_gate == "hsigmoid":  # MobileNetV3's SE: round_channels(mid * se), the hsig rule
+            timm_se = make_divisible(ly.mid * ly.se_ratio)
+            if timm_se != ly.se:  # pragma: no cover - the language sizes hsig exactly so
+                raise MnasError(f"{ly.name}: timm's squeeze-excite has {timm_se} channels, mnasdsl's {ly.se}")
+        elif ly.se:
             e = ly.expansion
             timm_se = round(ly.mid * (ly.se_ratio / e))
             if timm_se != ly.se:
@@ -257,22 +271,29 @@ def check_timm_channels(low: LoweredNetwork, net: Network) -> None:
 
 
 def arch_from_timm(strings: Sequence[str], s: Settings) -> tuple[str, list[str]]:
-    """A `.mnas` network from timm arch-def strings; also the warnings to show."""
+    """A `.mnas` network from timm arch-def strings; also the warnings to show. Expanded widths
+    are timm's (``expansion_divisor 8``) where TF's rounding would differ."""
+    from dataclasses import replace
+
     decoded = [decode_timm_block(t) for t in strings]
     blocks: list[str] = []
     cin = s.stem
-    warnings: list[str] = []
     for b in decoded:
-        blocks.append(_timm_to_block(b, cin))
+        blocks.append(_timm_to_block(b, cin, s.se_kind, s.activation))
         cin = b.out
-        if b.se and (b.act or s.activation) != "relu":
-            warnings.append(f"{b.text}: timm's squeeze-excite uses the block's activation "
-                            f"({b.act or s.activation}); mnasdsl's uses ReLU as TF MnasNet does")
-    text = network_text(s, blocks, [f"Imported from timm arch-def strings: {' '.join(strings)}",
-                                    "PyTorch conventions: symmetric padding, BN momentum 0.9 (PyTorch 0.1), eps 1e-5."])
+    comment = [f"Imported from timm arch-def strings: {' '.join(strings)}",
+               "PyTorch conventions: symmetric padding, BN momentum 0.9 (PyTorch 0.1), eps 1e-5."]
+    text = network_text(s, blocks, comment)
     net = parsed_network(text)
-    check_timm_channels(lower(net), net)
-    return text, warnings
+    low = lower(net)
+    if s.expansion_divisor == 1:
+        text8 = network_text(replace(s, expansion_divisor=8), blocks, comment)
+        net8 = parsed_network(text8)
+        low8 = lower(net8)
+        if [ly.mid for ly in low8.layers] != [ly.mid for ly in low.layers]:
+            text, net, low = text8, net8, low8
+    check_timm_channels(low, net)
+    return text, []
 
 
 def arch_from_tf(strings: Sequence[str], s: Settings) -> str:
@@ -302,6 +323,21 @@ LITE = ("ds_r1_fixed_k3_s11_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_
 # (width, depth, TF resolution, dropout) per EfficientNet-Lite variant, as TF's efficientnet_lite_builder.
 LITE_PARAMS = {0: (1.0, 1.0, 224, 0.2), 1: (1.0, 1.1, 240, 0.2), 2: (1.1, 1.2, 260, 0.3), 3: (1.2, 1.4, 280, 0.3),
                4: (1.4, 1.8, 300, 0.3)}
+# MnasNet's descendants, as timm builds them (its arch defs spelled in the language; mnasdsl's own
+# specs/ files hold the same blocks).
+MOBILENET_V3_LARGE = ("ds_r1_k3_s11_i16_o16_relu", "r1_k3_s22_e4_i16_o24_relu", "r1_k3_s11_e3_i24_o24_relu",
+                      "r3_k5_s22_e3_i24_o40_se0.25_hsig_relu", "r1_k3_s22_e6_i40_o80", "r1_k3_s11_e2.5_i80_o80",
+                      "r2_k3_s11_e2.3_i80_o80", "r2_k3_s11_e6_i80_o112_se0.25_hsig",
+                      "r3_k5_s22_e6_i112_o160_se0.25_hsig", "cv_r1_k1_s11_i160_o960")
+MOBILENET_V3_SMALL = ("ds_r1_k3_s22_i16_o16_se0.25_hsig_relu", "r1_k3_s22_e4.5_i16_o24_relu",
+                      "r1_k3_s11_e3.67_i24_o24_relu", "r1_k5_s22_e4_i24_o40_se0.25_hsig",
+                      "r2_k5_s11_e6_i40_o40_se0.25_hsig", "r2_k5_s11_e3_i40_o48_se0.25_hsig",
+                      "r3_k5_s22_e6_i48_o96_se0.25_hsig", "cv_r1_k1_s11_i96_o576")
+EDGETPU_S = ("er_r1_k3_s11_e4_i32_o24_fc24_noskip", "er_r2_k3_s22_e8_i24_o32", "er_r4_k3_s22_e8_i32_o48",
+             "r5_k5_s22_e8_i48_o96", "r4_k5_s11_e8_i96_o144", "r2_k5_s22_e8_i144_o192")
+EFFICIENTNETV2_B0 = ("cv_r1_k3_s11_i32_o16", "er_r2_k3_s22_e4_i16_o32", "er_r2_k3_s22_e4_i32_o48",
+                     "r3_k3_s22_e4_i48_o96_se0.25_seact", "r5_k3_s11_e6_i96_o112_se0.25_seact",
+                     "r8_k3_s22_e6_i112_o192_se0.25_seact")
 # timm's pretrained configurations of its Lite models: (resolution, crop_pct).
 TIMM_LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.89), 3: (300, 0.904), 4: (380, 0.922)}
 
@@ -330,6 +366,13 @@ class ModelDef:
     crop: float = 0.875
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    head: int = 1280
+    expansion_divisor: int = 1  # 8: timm's make_divisible for expanded widths
+    head_pooled: bool = False  # MobileNetV3's efficient head
+    stages: tuple[int, ...] | None = None  # block strings per timm stage (None: one each)
+    fix_stem_below: float = 0.0  # MobileNetV3: timm keeps the stem at 16 below this width
+    # timm scales the head as round(1280 x w) at every width: no head mode of the language says that
+    width_locked: bool = False
 
     def preprocess(self, size: tuple[int, int]) -> dict[str, object]:
         """The ``preprocess`` record of an import at ``size`` (what eval, predict and exports apply)."""
@@ -353,6 +396,18 @@ def _timm_models() -> dict[str, ModelDef]:
             out[f"mnasnet_{tag}"] = ModelDef("timm", f"mnasnet_{tag}", "MnasNet-B1", B1, w, "timm", TORCH_BN)
         out[f"mobilenetv2_{tag}"] = ModelDef("timm", f"mobilenetv2_{tag}", "MobileNetV2", MOBILENET_V2, w, "timm",
                                              TORCH_BN, activation="relu6", head_mode="scaled")
+    out["mobilenetv3_large_100"] = ModelDef(
+        "timm", "mobilenetv3_large_100", "MobileNetV3-Large", MOBILENET_V3_LARGE, 1.0, "timm", TORCH_BN, stem=16,
+        activation="hswish", head_pooled=True, expansion_divisor=8, stages=(1, 2, 1, 3, 1, 1, 1), fix_stem_below=0.75)
+    out["mobilenetv3_small_100"] = ModelDef(
+        "timm", "mobilenetv3_small_100", "MobileNetV3-Small", MOBILENET_V3_SMALL, 1.0, "timm", TORCH_BN, stem=16,
+        head=1024, activation="hswish", head_pooled=True, expansion_divisor=8, stages=(1, 2, 2, 1, 1, 1),
+        fix_stem_below=0.75)
+    out["efficientnet_es"] = ModelDef("timm", "efficientnet_es", "EfficientNet-EdgeTPU-S", EDGETPU_S, 1.0, "timm",
+                                      TORCH_BN, expansion_divisor=8, width_locked=True)
+    out["tf_efficientnetv2_b0"] = ModelDef("timm", "tf_efficientnetv2_b0", "EfficientNetV2-B0", EFFICIENTNETV2_B0,
+                                           1.0, "timm", TIMM_TF_BN, activation="swish", padding="same",
+                                           expansion_divisor=8, width_locked=True)
     out["mnasnet_small"] = ModelDef("timm", "mnasnet_small", "MnasNet-small", SMALL, 1.0, "timm", TORCH_BN,
                                     stem=8, dropout=0.0)
     for i, (res, crop) in TIMM_LITE_EVAL.items():
@@ -402,9 +457,15 @@ def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int
                classes: int | None = None) -> str:
     """The `.mnas` spec of a named model (optionally at another width, resolution or class count)."""
     w = m.width if width is None else width
+    if m.width_locked and w != m.width:
+        raise MnasError(f"{m.source}'s {m.name} scales its head to round({m.head} x width) at every width, which "
+                        f"the language's head (fixed, or scaled above width 1) cannot say: import it at width "
+                        f"{_fmt(m.width)}")
+    stem_mode = "fixed" if w < m.fix_stem_below else m.stem_mode
     s = Settings(name=m.name.replace(".", "_").replace("-", "_"), resolution=resolution or (m.resolution,) * 2,
                  classes=classes or 1000, width=w, dropout=m.dropout, bn=m.bn, padding=m.padding,
-                 activation=m.activation, stem=m.stem, head_mode=m.head_mode, depth=m.depth, stem_mode=m.stem_mode)
+                 activation=m.activation, stem=m.stem, head=m.head, head_mode=m.head_mode, depth=m.depth,
+                 stem_mode=stem_mode, expansion_divisor=m.expansion_divisor, head_pooled=m.head_pooled)
     if m.bn == TF_BN:
         bn_note = "BN momentum 0.99 (PyTorch's 0.01), eps 1e-3"
     elif m.scheme == "tv_mnasnet":
@@ -419,6 +480,8 @@ def model_text(m: ModelDef, *, width: float | None = None, resolution: tuple[int
     else:
         comment = [f"{m.title} as {m.source}'s `{m.name}`{at_w}, numerically identical to it in eval mode.",
                    f"{'PyTorch conventions' if m.padding == 'symmetric' else 'Conventions'}: {pad_note}, {bn_note}."]
+    if stem_mode == "fixed" and m.stem_mode != "fixed":
+        comment.append(f"Stem fixed at {m.stem} channels below width {_fmt(m.fix_stem_below)}, as timm builds it.")
     if m.stem_mode == "fixed":
         comment.append("Stem and head fixed at every width, first and last stages' repeats at every depth (`fixed`).")
     text = network_text(s, m.blocks, comment)

@@ -118,9 +118,22 @@ TIMM_NAMES: dict[str, Callable[[str, tuple[Any, ...], Layer], Iterator[Slot]]] =
     "cv": _timm_cv, "ds": _timm_ds, "mb": _timm_mb, "er": _timm_er}
 
 
-def _timm(low: LoweredNetwork) -> Iterator[Slot]:
-    """timm's EfficientNet family (semnasnet_*, mnasnet_*, mobilenetv2_*): blocks.STAGE.INDEX,
-    one stage per block string."""
+def _timm(low: LoweredNetwork, stages: tuple[int, ...] | None = None) -> Iterator[Slot]:
+    """timm's EfficientNet / MobileNetV3 family: blocks.STAGE.INDEX. ``stages`` is how many block
+    strings each timm stage holds (MobileNetV3 puts several in one); None: one stage per string."""
+    where: dict[int, tuple[int, int]] = {}  # block string -> (stage, index of its first layer)
+    n_blocks = 1 + max((ly.block for ly in low.blocks), default=-1)
+    groups = stages or (1,) * n_blocks
+    if sum(groups) != n_blocks:
+        raise MnasError(f"the timm layout groups {sum(groups)} block strings into stages; the network has {n_blocks}")
+    reps = {b: 1 + max(ly.repeat for ly in low.blocks if ly.block == b) for b in range(n_blocks)}
+    b = 0
+    for stage, count in enumerate(groups):
+        first = 0
+        for _ in range(count):
+            where[b] = (stage, first)
+            first += reps[b]
+            b += 1
     for i, ly in enumerate(low.layers):
         at = ("layers", i)
         if ly.kind == "stem":
@@ -136,7 +149,8 @@ def _timm(low: LoweredNetwork) -> Iterator[Slot]:
         else:
             if ly.skip == "pool":
                 raise _not_representable("timm", ly, "a pool skip")
-            yield from TIMM_NAMES[ly.op](f"blocks.{ly.block}.{ly.repeat}", at, ly)
+            stage, first = where[ly.block]
+            yield from TIMM_NAMES[ly.op](f"blocks.{stage}.{first + ly.repeat}", at, ly)
 
 
 def _tv_mnasnet(low: LoweredNetwork) -> Iterator[Slot]:
@@ -221,7 +235,9 @@ SCHEMES: dict[str, Callable[[LoweredNetwork], Iterator[Slot]]] = {
     "efficientnet_pytorch": _efficientnet_pytorch}
 
 
-def slots(low: LoweredNetwork, scheme: str) -> list[Slot]:
+def slots(low: LoweredNetwork, scheme: str, stages: tuple[int, ...] | None = None) -> list[Slot]:
+    if stages is not None:
+        return list(_timm(low, stages))  # only timm's layout groups block strings into stages
     return list(SCHEMES[scheme](low))
 
 
@@ -251,9 +267,9 @@ def _listing(items: list[str], limit: int = 6) -> str:
 
 
 def map_state_dict(sd: dict[str, np.ndarray], low: LoweredNetwork, scheme: str,
-                   variables: dict[str, Any], what: str) -> dict[str, Any]:
+                   variables: dict[str, Any], what: str, stages: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Fill a copy of ``variables`` (the Flax pure dicts) from ``sd``; strict both ways."""
-    plan = slots(low, scheme)
+    plan = slots(low, scheme, stages)
     expected = {s.key for s in plan}
     missing = [s.key for s in plan if s.key not in sd]
     # BN's num_batches_tracked is PyTorch bookkeeping, not a weight: never required, never reported.
