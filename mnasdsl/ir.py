@@ -23,6 +23,8 @@ from .ops.fields import (
     MAX_MULTIPLIER,
     MAX_REPEATS,
     MAX_RESOLUTION,
+    STRIDES,
+    int_error,
 )
 
 Op = Literal[OP_NAMES]  # type: ignore[valid-type]  # the registry's canonical tokens
@@ -116,9 +118,10 @@ class Block(Node):
 
     @model_validator(mode="after")
     def _rules(self) -> Block:
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd, got {self.kernel}")
-        if any(s not in (1, 2) for s in self.stride):
+        msg = int_error("k", self.kernel)  # the block strings' own rule (mnasdsl/ops/fields.py)
+        if msg:
+            raise ValueError(msg)
+        if self.stride not in STRIDES.values():
             raise ValueError(f"stride must be 1 or 2 per axis, got {self.stride}")
         spec = OPS[self.op]
         if spec.e1_op is not None and self.expansion == 1.0:

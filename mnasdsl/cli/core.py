@@ -145,7 +145,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             "layers": [{
                 "name": ly.name, "kind": ly.kind, "op": ly.op, "in": list(ly.in_shape), "out": list(ly.out_shape),
                 "kernel": ly.kernel, "stride": list(ly.stride), "expansion": ly.expansion, "mid": ly.mid,
-                "se": ly.se, "skip": ly.skip, "pool_proj": ly.pool_proj, "act": ly.act,
+                "se": ly.se, "se_gate": ly.se_gate, "se_act": ly.se_act, "skip": ly.skip, "pool_proj": ly.pool_proj,
+                "act": ly.act,
                 "params": lc.params, "macs": lc.macs} for ly, lc in zip(low.layers, c.layers)],
         })
         return 0
