@@ -153,3 +153,13 @@ def test_specs_are_canonical_and_show(name: str, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     if name.startswith("mobilenet-v3"):
         assert "pool+fc hswish" in out and "se0.25(" in out
+
+
+def test_example_space_of_the_descendants() -> None:
+    space = mnasdsl.load_space(ROOT / "specs" / "spaces" / "mnasnet-descendants.mnas")
+    assert space.size() == 162 ** 5
+    for seed in range(5):
+        n = space.sample(seed)
+        assert space.decode(space.encode(n)) == n
+        assert mnasdsl.latency.estimate(n, device="pixel1", resolution=64).ms > 0
+        assert mnasdsl.cost(n).params > 0
