@@ -12,8 +12,10 @@ Then, from the same run:
   step forms agree to float rounding, which 2-epoch training amplifies);
 - the PyTorch peer, when MNASDSL_TORCH_PYTHON names an interpreter with torch (see
   benchmarks/bench_train.py): the same sampled architectures built layer for layer from the lowered
-  networks (pool skips and SE included) in eager PyTorch, trained on the same digits arrays with
-  AdamW at the same schedule, batch and epochs, in a process kept up beside ours;
+  networks (pool skips and SE included; PyTorch's default init and symmetric padding) in eager
+  PyTorch, trained on the same digits arrays with AdamW at the same schedule, batch and epochs,
+  with the same BN recalibration (10 batches) and evaluation after each epoch, in a process kept
+  up beside ours. Its images are resized once and not augmented (ours are cropped per step);
 - ``--zero-cost``: the same search with the zero-cost evaluator (gradient norm at init).
 
 Threads are enforced: the process is confined to ``--threads`` cores (the PyTorch process inherits
@@ -110,6 +112,21 @@ def build(net):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(net["dropout"]),
                          nn.Linear(net["layers"][-1]["cout"], net["classes"]))
 
+def recalibrate(model, g, batches=10):
+    # As ours for a short proxy: BN statistics re-estimated as the average over 10 training batches.
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    order = torch.randperm(len(xtr), generator=g)
+    with torch.no_grad():
+        for b in range(min(batches, len(xtr) // batch)):
+            model((xtr[order[b * batch:(b + 1) * batch]].float() - mean) / std)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+
 def trial(net):
     t = time.perf_counter()
     torch.manual_seed(seed)
@@ -138,6 +155,7 @@ def trial(net):
             loss.backward()
             opt.step()
             step += 1
+        recalibrate(model, g)
         model.eval()
         with torch.no_grad():
             correct = sum(int((model((xva[i:i + 2 * batch].float() - mean) / std).argmax(1)

@@ -111,9 +111,7 @@ def check_config(cfg: EvalConfig) -> None:
     if ":" in cfg.kind:
         _plugin(cfg.kind, cfg.cwd)
     if cfg.kind == "proxy":
-        from ..train import open_source
-
-        open_source(cfg.data)
+        _source(cfg.data)
     if cfg.epochs < 1:
         raise MnasError(f"--epochs must be >= 1, got {cfg.epochs}")
     if cfg.steps not in STEPS_FORMS:
@@ -134,6 +132,19 @@ def steps_form(cfg: EvalConfig, src: Any) -> str:
 
     steps = cfg.epochs * max(1, len(src.train) // max(1, cfg.batch))
     return "layerwise" if len(jax.local_devices()) == 1 and steps <= LAYERWISE_MAX_STEPS else "fused"
+
+
+_SOURCES: dict[str, Any] = {}
+
+
+def _source(data: str) -> Any:
+    """The proxy data, opened once per process: every trial of a search reads the same images (and
+    the bundled digits take 0.2 s to load and resize each time)."""
+    from ..train import open_source
+
+    if data not in _SOURCES:
+        _SOURCES[data] = open_source(data)
+    return _SOURCES[data]
 
 
 _SETUP_DONE: set[str] = set()
@@ -167,9 +178,7 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
     from flax import nnx
 
     from ..backends.flax import build
-    from ..train import open_source
-
-    src = open_source(cfg.data)
+    src = _source(cfg.data)
     net = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
         net.scaled(classes=src.num_classes)
     model = build(net, rngs=nnx.Rngs(cfg.seed))
@@ -244,9 +253,9 @@ def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, net
     elif cfg.kind == "zero-cost":
         acc = _zero_cost(net, cfg)
     elif cfg.kind == "proxy":
-        from ..train import fit, open_source
+        from ..train import fit
 
-        src = open_source(cfg.data)
+        src = _source(cfg.data)
         scaled = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
             net.scaled(classes=src.num_classes)
         res = fit(scaled, src, epochs=cfg.epochs, batch=cfg.batch, recipe="adam", seed=cfg.seed, out=None,
