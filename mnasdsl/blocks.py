@@ -438,11 +438,6 @@ _FIELD_KEY = {v: k for k, v in FIELD_OF_KEY.items()} | {"output_factor": "x", "r
                                                        "fixed_repeats": "fixed", "se_kind": "hsig/seact"}
 
 
-def _label_of(field: str, value: FieldValue) -> str:
-    """A field's spelling in a block string (``fc24``), for messages."""
-    return f"{_FIELD_KEY.get(field, field)}{_fmt_num(value) if isinstance(value, float) else value}"
-
-
 def _dedupe_check(opts: list[Option], span: Span, sink: DiagnosticSink) -> None:
     seen = set()
     for o in opts:
@@ -474,12 +469,13 @@ def make_block(fields: dict[str, FieldValue], spans: dict[str, Span] | None, spa
         ok = False
     if spec.e1_op is not None and e == 1.0:
         op = spec.e1_op  # e.g. TF's MBConv skips the expansion when e = 1: the same computation as ds.
-    for f in ("force_in",):  # optional fields other than e (reported above) the op must declare
-        if f in fields and not OPS[str(op)].takes(f) and role == "block":  # stem/head: reported below
-            takers = ", ".join(f"`{s.name}`" for s in OPS.values() if s.takes(f))
+    # Optional fields other than e (reported above) that the op must declare (an SE variant needs SE).
+    for f, need in (("force_in", "force_in"), ("se", "se"), ("se_kind", "se")):
+        if f in fields and fields[f] not in (0.0, "tf") and not OPS[str(op)].takes(need) and role == "block":
+            takers = ", ".join(f"`{s.name}`" for s in OPS.values() if s.takes(need))
             what = f"a `{op}` block" if op == spec.name else f"an e1 `{spec.name}` block (a `{op}` block)"
             verb = "takes" if "," not in takers else "take"
-            sink.error(f"`{_label_of(f, fields[f])}` has no meaning for {what} (only {takers} {verb} it)",
+            sink.error(f"`{_format_value(f, fields[f])}` has no meaning for {what} (only {takers} {verb} it)",
                        spans.get(f, span))
             ok = False
     if role != "block":
@@ -598,7 +594,7 @@ def fast_block(text: str, line: int = 1, col: int = 1, role: str = "block", span
         return None
     if spec.e1_op is not None and exp == 1.0:
         spec = OPS[spec.e1_op]
-    if force_in is not None and not spec.takes("force_in"):
+    if (force_in is not None and not spec.takes("force_in")) or (ratio and not spec.takes("se")):
         return None
     if span is None:
         span = Span(line, col, line, col + len(text))

@@ -128,6 +128,8 @@ class Block(Node):
             raise ValueError(f"an `{self.op}` block with expansion 1 is a `{spec.e1_op}` block; use op='{spec.e1_op}'")
         if not spec.expands and self.expansion != 1.0:
             raise ValueError(f"expansion has no meaning for a `{self.op}` block")
+        if self.se and not spec.takes("se"):
+            raise ValueError(f"squeeze-excitation has no meaning for a `{self.op}` block")
         if self.se_kind != "tf" and not self.se:
             raise ValueError(f"squeeze-excitation variant `{self.se_kind}` without squeeze-excitation (se0)")
         if self.force_in is not None and not spec.takes("force_in"):

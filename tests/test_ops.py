@@ -172,3 +172,17 @@ def test_show_cost_fmt_handle_er(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert '"params": ' + str(mnasdsl.cost(mnasdsl.load(str(path))).params) in capsys.readouterr().out
     assert main(["fmt", str(path)]) == 0
     assert "er_r1_k3_s11_e4_i32_o24_fc24_noskip" in capsys.readouterr().out
+
+
+def test_an_op_without_se_refuses_se_and_its_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every op today takes SE; the rule still comes from the op's declared fields (a registry entry
+    without `se` makes SE and SE variants caret errors, on the fast path too)."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(OPS, "cv", replace(OPS["cv"], fields=frozenset()))
+    with pytest.raises(MnasError) as err:
+        parse_block("cv_r1_k3_s11_o16_se0.25_hsig")
+    got = [(d.message, d.span.col) for d in err.value.diagnostics]
+    assert got == [("`se0.25` has no meaning for a `cv` block (only `mb`, `ds`, `er` take it)", 20),
+                   ("`hsig` has no meaning for a `cv` block (only `mb`, `ds`, `er` take it)", 25)]
+    assert parse_block("cv_r1_k3_s11_o16").op == "cv"
