@@ -65,6 +65,7 @@ _TERM_DESC = {
     "PADDING": "`same` or `symmetric`",
     "ACT": "an activation (relu, relu6, swish, hswish)",
     "HEADMODE": "`fixed` or `scaled`",
+    "POOLED": "`pooled` (after `fixed`/`scaled`)",
     "BN_KEY": "`momentum` or `eps`",
     "COLON": "`:`",
 }
@@ -85,7 +86,7 @@ def _describe_expected(expected: set[str] | frozenset[str]) -> str:
     names = sorted(set(names))
     if len(names) > 6:
         return "a setting (input, classes, width, depth, divisor, min_depth, dropout, bn, padding, activation, " \
-               "stem, head, blocks) or a block string"
+               "expansion_divisor, stem, head, blocks) or a block string"
     return " or ".join(names)
 
 
