@@ -132,6 +132,7 @@ _KEY_DESC = {
     "se": "a squeeze-excitation ratio such as se0.25",
     "fc": "a forced input channel count such as fc24",
 }
+_OPS_TITLED = ", ".join(f"{n} ({OPS[n].title})" for n in OP_NAMES)  # the registry's ops, for notes
 _FIELD_RE = re.compile(r"^(noskip|pool|id|relu6|relu|hswish|swish|nre|nr6|nhs|nsw|fixed|hsig|seact|" + _OP_RE
                        + r"|se|fc|r|k|s|e|i|o)(.*)$")
 
@@ -192,7 +193,7 @@ def _syntax_diagnostic(text: str, e: UnexpectedInput, line: int, col: int) -> An
     return Diagnostic(
         f"unknown field `{field}` in block string",
         span,
-        notes=(f"fields are r, k, s, e, i, o, fc, se; ops {', '.join(OP_NAMES)}; flags noskip, pool, id, relu, relu6, "
+        notes=(f"fields are r, k, s, e, i, o, fc, se; ops {_OPS_TITLED}; flags noskip, pool, id, relu, relu6, "
                "swish, hswish, fixed, hsig, seact",),
     )
 
