@@ -168,6 +168,9 @@ def test_a_trial_matches_the_fused_pipeline_and_reuses_everything() -> None:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == [] and LW.cache_stats()["compiled"] == before["compiled"]
     assert c.val_acc == a.val_acc and c.val_loss == a.val_loss
+    # A proxy evaluates only its last epoch: earlier evaluations never touched the training state.
+    d = fit(net, "digits", epochs=2, batch=32, seed=0, lr=1e-6, steps_form="layerwise", final_eval_only=True)
+    assert (d.val_acc, d.val_loss) == (a.val_acc, a.val_loss) and np.isnan(d.history[0]["val_acc"])
 
 
 def _layer_sig(ly: Any) -> tuple[Any, ...]:

@@ -259,7 +259,7 @@ def evaluate(cfg: EvalConfig, spec: str, decisions: list[int] | None = None, net
         scaled = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
             net.scaled(classes=src.num_classes)
         res = fit(scaled, src, epochs=cfg.epochs, batch=cfg.batch, recipe="adam", seed=cfg.seed, out=None,
-                  steps_form=steps_form(cfg, src))
+                  steps_form=steps_form(cfg, src), final_eval_only=True)
         acc = float(res.val_acc)
         out["val_loss"] = float(res.val_loss)
     else:

@@ -177,7 +177,7 @@ class LayerwiseTrainer:
         return _Layer(graphdef, params, stats, init(params), tx, mask_key)
 
     def _compile_all(self) -> None:
-        """Look up or compile every executable of this network before training starts, two at a time
+        """Look up or compile every executable of this network before training starts, in parallel
         (XLA's compiler releases the interpreter lock). A layer's forward and backward are one cache
         entry: the backward is compiled for the residual structure of that very forward."""
         h, w, c = self.network.input
@@ -190,7 +190,6 @@ class LayerwiseTrainer:
         def layer_job(i: int) -> None:
             ly = self.layers[i]
             xin = jax.ShapeDtypeStruct((self.batch, *shapes[i]), _F32)
-            xev = jax.ShapeDtypeStruct((self.eval_batch, *shapes[i]), _F32)
             base = (ly.graphdef, _sig(ly.params), _sig(ly.stats))
 
             def make_pair() -> tuple[Any, Any]:
@@ -201,14 +200,24 @@ class LayerwiseTrainer:
                 else:
                     bwd = jax.jit(_bwd_fn(ly.tx, ly.mask_key), donate_argnums=(2, 3)).lower(
                         vjp, y, ly.params, ly.opt, lr)
-                return lowered.compile(), bwd.compile()
+                # The two compiles run side by side: a child network often brings a single new layer.
+                done: dict[str, Any] = {}
+                helper = threading.Thread(target=lambda: done.setdefault("bwd", bwd.compile()))
+                helper.start()
+                fwd = lowered.compile()
+                helper.join()
+                if "bwd" not in done:  # the helper failed: compile here to raise its error
+                    done["bwd"] = bwd.compile()
+                return fwd, done["bwd"]
 
             form = "grad" if self.train_only else "train"
             ly.fwd, ly.bwd = _compile((form, *base, _sig(xin), ly.mask_key), make_pair)
-            if self.train_only:
-                return
-            ly.evaluate = _compile(("eval", *base, _sig(xev)), lambda: jax.jit(_eval_fn(ly.graphdef)).lower(
-                ly.params, ly.stats, xev).compile())
+
+        def eval_job(i: int) -> None:
+            ly = self.layers[i]
+            xev = jax.ShapeDtypeStruct((self.eval_batch, *shapes[i]), _F32)
+            ly.evaluate = _compile(("eval", ly.graphdef, _sig(ly.params), _sig(ly.stats), _sig(xev)),
+                                   lambda: jax.jit(_eval_fn(ly.graphdef)).lower(ly.params, ly.stats, xev).compile())
 
         feat = jax.ShapeDtypeStruct((self.batch, *shapes[-1]), _F32)
         feat_eval = jax.ShapeDtypeStruct((self.eval_batch, *shapes[-1]), _F32)
@@ -236,6 +245,8 @@ class LayerwiseTrainer:
                       for b in ({self.batch} if self.train_only else {self.batch, self.eval_batch})}
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(layer_job, i) for i in range(len(self.layers))] + [pool.submit(tail_job)]
+            if not self.train_only:
+                futures += [pool.submit(eval_job, i) for i in range(len(self.layers))]
             for f in futures:
                 f.result()
 

@@ -362,7 +362,7 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
         seed: int = 0, out: str | Path | None = None, lr: float | None = None, resume: bool = False,
         recalibrate_bn: bool | None = None, verbose: bool = False, devices: int | None = None,
         workers: int | None = None, log: Log | None = None, init: str | Path | None = None,
-        freeze_backbone: bool = False, steps_form: str = "fused") -> TrainResult:
+        freeze_backbone: bool = False, steps_form: str = "fused", final_eval_only: bool = False) -> TrainResult:
     """Train ``network`` on ``data`` (a DataSource or `digits` / `synthetic` / an ImageFolder path).
 
     With ``out`` None nothing touches disk (the search's proxy evaluator); otherwise every epoch
@@ -375,6 +375,9 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
     ``steps_form`` is ``fused`` (one executable per step: the fastest steps, one compile per network)
     or ``layerwise`` (per-layer executables shared across networks: see :mod:`.layerwise`; a run
     without ``out``, ``init`` or ``resume``, on one device, with a per-leaf recipe).
+    ``final_eval_only`` (runs without ``out``: a proxy needs only the final accuracy) skips the
+    recalibration and evaluation of earlier epochs; their history rows carry NaN validation metrics.
+    Neither touches the training state, so the final result is the same.
     User errors raise MnasError.
     """
     t_start = time.perf_counter()
@@ -382,6 +385,8 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
         raise MnasError(f"epochs must be >= 1, got {epochs}")
     if batch < 1:
         raise MnasError(f"batch must be >= 1, got {batch}")
+    if final_eval_only and out is not None:
+        raise MnasError("every epoch of a run with an output directory is evaluated (its checkpoints record it)")
     log = log or (_stderr_log if verbose else (lambda _m: None))
     source = open_source(data)
     if network.classes != source.num_classes:
@@ -518,13 +523,16 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
             train_time += (t_end - t_first) if n_timed else 0.0
             tr = _finish(totals)
             eval_bs = None
-            if recal:
-                rl = Loader(source.train, batch=tb, size=(h, w), channels=c, train=True, augment=False, seed=seed,
-                            epoch=1_000_000 + epoch, workers=workers, limit=RECALIBRATE_BATCHES)
-                eval_bs = trainer.recalibrate(rl)
-            vb = _eval_batch(tb, trainer.n_dev)
-            va = trainer.evaluate(Loader(source.val, batch=vb, size=(h, w), channels=c, train=False,
-                                         workers=workers), eval_bs)
+            nan = float("nan")
+            va = {"loss": nan, "acc": nan, "top5": nan}
+            if not (final_eval_only and epoch + 1 < epochs):
+                if recal:
+                    rl = Loader(source.train, batch=tb, size=(h, w), channels=c, train=True, augment=False,
+                                seed=seed, epoch=1_000_000 + epoch, workers=workers, limit=RECALIBRATE_BATCHES)
+                    eval_bs = trainer.recalibrate(rl)
+                vb = _eval_batch(tb, trainer.n_dev)
+                va = trainer.evaluate(Loader(source.val, batch=vb, size=(h, w), channels=c, train=False,
+                                             workers=workers), eval_bs)
             bad = source.corrupt_count()
             if bad > reported_bad:
                 log(f"warning: skipped {bad} corrupt or unreadable image(s) so far")
