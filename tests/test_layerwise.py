@@ -184,12 +184,12 @@ def test_a_second_network_compiles_only_its_new_layers() -> None:
     second = _net(TINY.replace("r1_k5_s22_e6_i8_o16", "r1_k3_s22_e6_i8_o16"))  # one block's kernel
     LW.clear_cache()
     kw: dict[str, Any] = dict(recipe="adam", batch=8, steps_per_epoch=2, epochs=1, seed=0)
-    LW.LayerwiseTrainer(first, **kw)
+    LW.LayerwiseTrainer(first, **kw).ready()
     seen = {_layer_sig(ly) for ly in lower(first).layers if ly.kind != "classifier"}
     mine = {_layer_sig(ly) for ly in lower(first).layers if ly.kind != "classifier"}
     assert LW.cache_stats()["compiled:train"] == len(mine)
     before = LW.cache_stats()
-    LW.LayerwiseTrainer(second, **kw)
+    LW.LayerwiseTrainer(second, **kw).ready()
     new = {_layer_sig(ly) for ly in lower(second).layers if ly.kind != "classifier"} - seen
     after = LW.cache_stats()
     assert len(new) == 1  # the changed layer; the next one sees the same input shape

@@ -63,12 +63,12 @@ def clear_cache() -> None:
 
 
 def _aval(x: Any) -> Any:
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
 
 
 def _sig(tree: Any) -> tuple[Any, ...]:
     leaves, treedef = jax.tree.flatten(tree)
-    return (treedef, *((tuple(np.shape(v)), str(v.dtype)) for v in leaves))
+    return (treedef, *((tuple(v.shape), str(v.dtype)) for v in leaves))
 
 
 def _set_momentum(module: nnx.Module, momentum: Any) -> None:
@@ -162,6 +162,7 @@ class LayerwiseTrainer:
         # Gradients only (the zero-cost score): no evaluation executables, and layers are not updated.
         self.train_only = train_only
         self.last_grads: list[Any] = []
+        self._eval_ready: list[Any] = []
         self._compile_all()
 
     # --- construction ------------------------------------------------------------------------------
@@ -213,11 +214,18 @@ class LayerwiseTrainer:
             form = "grad" if self.train_only else "train"
             ly.fwd, ly.bwd = _compile((form, *base, _sig(xin), ly.mask_key), make_pair)
 
+        # What the background compiles lower against: shapes only, since training donates (deletes)
+        # the arrays themselves as it updates them.
+        abstract = [(jax.tree.map(_aval, ly.params), jax.tree.map(_aval, ly.stats)) for ly in self.layers]
+        tail_abstract = (jax.tree.map(_aval, self.tail.params), jax.tree.map(_aval, self.tail.stats),
+                         jax.tree.map(_aval, self.tail_rest))
+
         def eval_job(i: int) -> None:
             ly = self.layers[i]
+            params, stats = abstract[i]
             xev = jax.ShapeDtypeStruct((self.eval_batch, *shapes[i]), _F32)
-            ly.evaluate = _compile(("eval", ly.graphdef, _sig(ly.params), _sig(ly.stats), _sig(xev)),
-                                   lambda: jax.jit(_eval_fn(ly.graphdef)).lower(ly.params, ly.stats, xev).compile())
+            ly.evaluate = _compile(("eval", ly.graphdef, _sig(params), _sig(stats), _sig(xev)),
+                                   lambda: jax.jit(_eval_fn(ly.graphdef)).lower(params, stats, xev).compile())
 
         feat = jax.ShapeDtypeStruct((self.batch, *shapes[-1]), _F32)
         feat_eval = jax.ShapeDtypeStruct((self.eval_batch, *shapes[-1]), _F32)
@@ -230,13 +238,15 @@ class LayerwiseTrainer:
             t.fwd = _compile(("tail", *base, _sig(feat), t.mask_key), lambda: jax.jit(
                 _tail_fn(t.graphdef, t.tx, t.mask_key, classes), donate_argnums=(0, 1)).lower(
                     t.params, t.opt, t.stats, self.tail_rest, feat, lab, msk, lr).compile())
-            if self.train_only:
-                return
+
+        def tail_eval_job() -> None:
+            t = self.tail
+            params, stats, rest = tail_abstract
+            base = (t.graphdef, _sig(params), _sig(stats), _sig(rest), self.network.classes)
             lab_e = jax.ShapeDtypeStruct((self.eval_batch,), jnp.int32)
             msk_e = jax.ShapeDtypeStruct((self.eval_batch,), _F32)
             t.evaluate = _compile(("tail_eval", *base, _sig(feat_eval)), lambda: jax.jit(
-                _tail_eval_fn(t.graphdef)).lower(t.params, t.stats, self.tail_rest, feat_eval, lab_e,
-                                                 msk_e).compile())
+                _tail_eval_fn(t.graphdef)).lower(params, stats, rest, feat_eval, lab_e, msk_e).compile())
 
         h0, w0, c0 = self.network.input
         self._prep = {b: _compile(("prep", b, h0, w0, c0, self._mean.tobytes(), self._std.tobytes()),
@@ -245,10 +255,16 @@ class LayerwiseTrainer:
                       for b in ({self.batch} if self.train_only else {self.batch, self.eval_batch})}
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(layer_job, i) for i in range(len(self.layers))] + [pool.submit(tail_job)]
-            if not self.train_only:
-                futures += [pool.submit(eval_job, i) for i in range(len(self.layers))]
             for f in futures:
                 f.result()
+        if not self.train_only:
+            # Evaluation executables are needed only after training: they compile on a background
+            # thread while the first steps run (on a CPU the training threads do not use every core
+            # all the time), and evaluate() waits for them.
+            background = ThreadPoolExecutor(1)
+            self._eval_ready = [background.submit(eval_job, i) for i in range(len(self.layers))]
+            self._eval_ready.append(background.submit(tail_eval_job))
+            background.shutdown(wait=False)
 
     # --- steps ---------------------------------------------------------------------------------------
 
@@ -274,6 +290,11 @@ class LayerwiseTrainer:
         # The gradients of this step (per layer, then the tail's), for checks against the fused step.
         self.last_grads = [*reversed(grads), tail_grads]
         return metrics  # type: ignore[no-any-return]
+
+    def ready(self) -> None:
+        """Wait for the evaluation executables compiling in the background (and raise their errors)."""
+        for f in self._eval_ready:
+            f.result()
 
     def lr_at(self, step: int) -> float:
         return float(self._lr_fn(jnp.asarray(step, jnp.int32))[0])
@@ -305,6 +326,10 @@ class LayerwiseTrainer:
 
     def evaluate(self, batches: Iterable[Batch], batch_stats: Any = None) -> dict[str, float]:
         from .loop import _finish
+
+        if self.train_only:
+            raise MnasError("a gradient-only trainer has no evaluation executables")
+        self.ready()
 
         stats = batch_stats if batch_stats is not None else [ly.stats for ly in self.layers]
         totals = []
