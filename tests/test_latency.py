@@ -121,6 +121,18 @@ def test_proxylessnas_import_maps_keys(px_lut: Lut) -> None:
     assert px_lut.entries["fc-i7x7x1280-o1x1x1000-k1-s1-e1-se0-skip:none-act:none"].count == 949
 
 
+@pytest.mark.parametrize("key", ["Conv-input:8x8x3-output:0x0x8", "Conv_1-input:0x7x320-output:7x7x1280",
+                                 "Logits-input:7x7x0-output:1000",
+                                 "expanded_conv-input:8x8x16-output:8x8x16-expand:0-kernel:3-stride:1-idskip:1",
+                                 "expanded_conv-input:8x8x16-output:8x8x16-expand:6-kernel:3-stride:0-idskip:1"])
+def test_proxylessnas_zero_sized_keys_are_errors(key: str) -> None:
+    """A zero-sized tensor, stride or expansion is an unrecognised key, not a division by zero."""
+    from mnasdsl.latency.lut import import_proxylessnas
+
+    with pytest.raises(MnasError, match="unrecognised ProxylessNAS op key"):
+        import_proxylessnas(f"{key}:\n  mean: 1.0\n", "t.yaml")
+
+
 def test_relu_layers_use_relu6_entries(px_lut: Lut) -> None:
     est = Estimator(fit_lut(px_lut)).estimate(lower(_net(A1)))  # A1 uses ReLU
     stem = est.layers[0]

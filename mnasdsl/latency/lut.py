@@ -271,6 +271,13 @@ _PX_CONV = re.compile(rf"^(Conv|Conv_1)-input:{_PX_SHAPE}-output:{_PX_SHAPE}$")
 _PX_LOGITS = re.compile(rf"^Logits-input:{_PX_SHAPE}-output:(\d+)$")
 
 
+def _positive(key: str, *values: float) -> None:
+    """A zero-sized tensor, kernel, stride or expansion is no layer: an unrecognised key (not a
+    division by zero further on)."""
+    if any(v <= 0 for v in values):
+        raise ValueError(key)
+
+
 def _px_layer(key: str, act: str) -> Layer:
     def lay(kind: str, op: str, i: tuple[int, int, int], o: tuple[int, int, int], k: int, s: int, e: float,
             mid: int, skip: str, a: str) -> Layer:
@@ -279,6 +286,7 @@ def _px_layer(key: str, act: str) -> Layer:
     if m := _PX_MB.match(key):
         g = [int(x) for x in m.group(1, 2, 3, 4, 5, 6)]
         e, k, s, idskip = float(m.group(7)), int(m.group(8)), int(m.group(9)), m.group(10) == "1"
+        _positive(key, *g, e, k, s)
         i, o = (g[0], g[1], g[2]), (g[3], g[4], g[5])
         op = OPS["mb"].e1_op if e == 1 else "mb"  # ProxylessNAS's expanded_conv is an MBConv
         assert op is not None
@@ -286,12 +294,14 @@ def _px_layer(key: str, act: str) -> Layer:
                    act)
     if m := _PX_CONV.match(key):
         g = [int(x) for x in m.group(2, 3, 4, 5, 6, 7)]
+        _positive(key, *g)
         i, o = (g[0], g[1], g[2]), (g[3], g[4], g[5])
         s = max(1, round(i[0] / o[0]))
         k = 3 if m.group(1) == "Conv" else 1  # ProxylessNAS/MobileNetV2: 3x3 s2 stem, 1x1 head
         return lay("stem" if k == 3 else "head", "cv", i, o, k, s, 1.0, o[2], "none", act)
     if m := _PX_LOGITS.match(key):
         g = [int(x) for x in m.group(1, 2, 3, 4)]
+        _positive(key, *g)
         return lay("classifier", "fc", (g[0], g[1], g[2]), (1, 1, g[3]), 1, 1, 1.0, g[2], "none", "none")
     raise ValueError(key)
 
