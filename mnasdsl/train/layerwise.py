@@ -132,7 +132,7 @@ class LayerwiseTrainer:
 
         self.network, self.seed, self.batch = network, seed, batch
         model = build(network, rngs=nnx.Rngs(seed))
-        self.graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        params = nnx.state(model, nnx.Param)
         self.recipe: Recipe = make_recipe(recipe, batch=batch, steps_per_epoch=steps_per_epoch, epochs=epochs,
                                           wd_mask=weight_decay_mask(model, params), lr=lr)
         if self.recipe.split_tx is None or self.recipe.ema_decay:
@@ -152,6 +152,7 @@ class LayerwiseTrainer:
         self.tail_rest = nnx.state(tail, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat)))
         self.eval_batch = eval_batch or batch
         self._count = jnp.zeros((), jnp.int32)  # the optimizer step, as the fused step's state["step"]
+        self._momentum = jnp.asarray(network.bn_momentum, _F32)
         self.state = {"step": self._count}
         sched_key = ("schedule", recipe, batch, steps_per_epoch, epochs, lr)
         with _LOCK:  # one executable per schedule, so a trial whose layers are all cached compiles nothing
@@ -272,7 +273,7 @@ class LayerwiseTrainer:
         lr, self._count = self._lr_fn(self._count)
         self.state["step"] = self._count
         x = self._prep[self.batch](batch.images)
-        momentum = jnp.asarray(self.network.bn_momentum, _F32)
+        momentum = self._momentum
         vjps = []
         for ly in self.layers:
             x, ly.stats, vjp = ly.fwd(ly.params, ly.stats, x, momentum)
