@@ -278,6 +278,7 @@ def test_cli_search_and_report(capsys, tmp_path: Path) -> None:  # type: ignore[
     (["--target-ms", "-5"], 2),
     (["--seed", "-1"], 2),
     (["--seed", "-1", "--evaluator", "synthetic"], 2),
+    (["--proxy-steps", "nosuch"], 2),
 ])
 def test_cli_errors(capsys, tmp_path: Path, argv: list[str], code: int) -> None:  # type: ignore[no-untyped-def]
     args = ["search", SPACE_PATH, "--db", str(tmp_path / "e.sqlite"), "--trials", "3", "--target-ms", "70", *argv]

@@ -192,7 +192,7 @@ def _tv_mobilenet_v2(low: LoweredNetwork) -> Iterator[Slot]:
             yield Slot("classifier.1.weight", "params", ("classifier_kernel",), _linear)
             yield Slot("classifier.1.bias", "params", ("classifier_bias",), _same)
         else:
-            if ly.se or ly.skip == "pool" or ly.op == "cv":
+            if ly.se or ly.skip == "pool" or ly.op not in ("mb", "ds"):
                 raise _not_representable("torchvision MobileNetV2", ly, "a block other than an inverted residual")
             p = f"features.{n}.conv"
             if ly.op == "ds":
@@ -220,7 +220,7 @@ def _efficientnet_pytorch(low: LoweredNetwork) -> Iterator[Slot]:
             yield Slot("_fc.bias", "params", ("classifier_bias",), _same)
         else:
             # Its squeeze-excite gates with swish where the language's uses ReLU: not the same network.
-            if ly.se or ly.skip == "pool" or ly.op == "cv":
+            if ly.se or ly.skip == "pool" or ly.op not in ("mb", "ds"):
                 raise _not_representable("efficientnet_pytorch", ly, "a block other than an MBConv without SE")
             p = f"_blocks.{n}"
             if ly.op == "mb":
