@@ -75,7 +75,10 @@ def _fused_grads(net: Network, model: nnx.Module, b: Batch) -> tuple[Any, Any]:
         value = (optax.softmax_cross_entropy(m(x, train=True), targets) * b.mask).sum() / b.mask.sum()
         return value, nnx.state(m, nnx.BatchStat)
 
-    grads, new_stats = jax.jit(jax.grad(loss, has_aux=True))(params)
+    # Compiled with the layerwise executables' XLA options: the comparison is of the two step forms,
+    # not of XLA:CPU's fusion emitters (which round a few ulps apart in some fusions).
+    compiled = jax.jit(jax.grad(loss, has_aux=True)).lower(params).compile(**LW._opts())
+    grads, new_stats = compiled(params)
     return grads, new_stats
 
 
@@ -96,14 +99,20 @@ def _close(ref: dict[Any, np.ndarray], got: dict[Any, np.ndarray], rtol: float) 
 
 
 @pytest.mark.parametrize("which", ["mnasnet-small", "sampled"])
-def test_gradients_and_statistics_equal_the_fused_step(which: str) -> None:
+def test_gradients_and_statistics_equal_the_fused_step(which: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two steps on different batches: from the same weights, statistics and dropout stream, each
-    layerwise step's gradient and new BN statistics agree with the whole-network program's to 1e-5."""
+    layerwise step's gradient and new BN statistics agree with the whole-network program's to 1e-5.
+    The gradient-only executables are checked at the training executables' optimization level: at
+    the level they normally compile with (LLVM -O0, for the one step of a zero-cost score) the two
+    programs round up to 6e-5 apart, and test_zero_cost_layerwise_equals_fused checks the score."""
+    if which == "sampled":
+        monkeypatch.setattr(LW, "CPU_RUN_ONCE_OPTIONS", LW.CPU_COMPILER_OPTIONS)
+        LW.clear_cache()
     net = _sampled() if which == "sampled" else _net((SPECS / "mnasnet-small.mnas").read_text(), 32)
     # The sampled network uses the gradient-only executables (the zero-cost score's), the reference
     # spec those of a proxy step (backward fused with the update), whose gradients it also returns.
     lw = LW.LayerwiseTrainer(net, recipe="adam", batch=4, steps_per_epoch=10, epochs=1, seed=3,
-                             train_only=which == "sampled")
+                             train_only=which == "sampled", keep_grads=True)
     for b in _batches(2, 32, 4):
         ref, ref_stats = _fused_grads(net, lw.eval_model(), b)  # the weights this step starts from
         lw.step(b)

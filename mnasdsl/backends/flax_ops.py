@@ -45,13 +45,45 @@ def conv_pads(hw: tuple[int, int], kernel: int, stride: tuple[int, int], padding
     return same_pads(hw[0], kernel, stride[0]), same_pads(hw[1], kernel, stride[1])
 
 
+def _live_range(size: int, k: int, s: int, before: int, after: int) -> tuple[int, int]:
+    """The taps [first, last) along one axis that read at least one real (unpadded) pixel.
+
+    Tap a reads padded positions a + s*i, i < out; the real ones are [before, before + size). The
+    live taps are contiguous (ceil(size/s) windows of length size, s apart, or one when size < s)."""
+    out = (size + before + after - k) // s + 1
+    live = [a for a in range(k) if any(before <= a + s * i < before + size for i in range(out))]
+    return (live[0], live[-1] + 1) if live else (0, k)
+
+
+def trim_taps(hw: tuple[int, int], w: jax.Array, stride: tuple[int, int], pads: Pads) -> tuple[jax.Array, Pads]:
+    """The same convolution without the kernel taps that only ever read padding.
+
+    When the input is smaller than the kernel (late stages of a network trained at low resolution:
+    a 5x5 kernel over a 1x1 map, with 24 of its 25 taps on padding), those taps add exact zeros:
+    dropping them leaves every output (and the input gradient) unchanged and their weight gradient
+    zero, for a fraction of the work. The pads shrink by the dropped rows, so the output keeps its size."""
+    kh, kw = int(w.shape[0]), int(w.shape[1])
+    (pt, pb), (pl, pr) = pads
+    a0, a1 = _live_range(hw[0], kh, stride[0], pt, pb)
+    b0, b1 = _live_range(hw[1], kw, stride[1], pl, pr)
+    if (a0, a1, b0, b1) == (0, kh, 0, kw):
+        return w, pads
+    ho = (hw[0] + pt + pb - kh) // stride[0] + 1
+    wo = (hw[1] + pl + pr - kw) // stride[1] + 1
+    pt2, pl2 = pt - a0, pl - b0
+    pb2 = (ho - 1) * stride[0] + (a1 - a0) - hw[0] - pt2
+    pr2 = (wo - 1) * stride[1] + (b1 - b0) - hw[1] - pl2
+    return w[a0:a1, b0:b1], ((pt2, pb2), (pl2, pr2))
+
+
 def conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
     """Dense NHWC conv with an HWIO kernel; a 1x1 stride-1 conv is a plain matmul (cheaper on CPU).
 
     The matmul is on (N*H*W, C) rows: with the 4-D operand, XLA:CPU lowers the weight gradient's
     contraction over (N, H, W) with a full transposed copy of the output gradient (fused with its
     BN backward, so read out of order); on the 2-D view it contracts in place (-40% on a BN+ReLU
-    1x1 conv's backward at 112x112x96)."""
+    1x1 conv's backward at 112x112x96). Taps that only read padding are dropped (:func:`trim_taps`)."""
+    w, pads = trim_taps((x.shape[1], x.shape[2]), w, stride, pads)
     if w.shape[0] == 1 and w.shape[1] == 1 and stride == (1, 1) and pads == ((0, 0), (0, 0)):
         return jnp.dot(x.reshape(-1, x.shape[-1]), w[0, 0]).reshape(*x.shape[:-1], w.shape[-1])
     return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -167,16 +199,21 @@ def _fused_bwd(stride: tuple[int, int], pads: Pads, res: Any, g: jax.Array) -> t
 depthwise_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _depthwise_trimmed(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
+    w, pads = trim_taps((x.shape[1], x.shape[2]), w, stride, pads)
+    return depthwise_fused(x, w, stride, pads)
+
+
 def depthwise(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads, impl: str) -> jax.Array:
     """Dispatch on ``impl``: "fused", "grouped", or "dynamic" (chosen per platform when lowered,
     so one multi-platform StableHLO export carries the right form for each)."""
     if impl == "fused":
-        return depthwise_fused(x, w, stride, pads)
+        return _depthwise_trimmed(x, w, stride, pads)
     if impl == "grouped":
         return depthwise_grouped(x, w, stride, pads)
     return lax.platform_dependent(
         x, w,
-        cpu=lambda x, w: depthwise_fused(x, w, stride, pads),
+        cpu=lambda x, w: _depthwise_trimmed(x, w, stride, pads),
         default=lambda x, w: depthwise_grouped(x, w, stride, pads),
     )
 

@@ -181,7 +181,6 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
     src = _source(cfg.data)
     net = net.scaled(classes=src.num_classes, resolution=cfg.resolution) if cfg.resolution else \
         net.scaled(classes=src.num_classes)
-    model = build(net, rngs=nnx.Rngs(cfg.seed))
     h, w, c = net.input
     split = src.train
     n = min(cfg.batch, len(split), 32)
@@ -194,6 +193,7 @@ def _zero_cost(net: Network, cfg: EvalConfig) -> float:
     labels = np.asarray([lab for _, lab in loaded], np.int32)
     if steps_form(cfg, src) == "layerwise":  # per-layer executables shared with earlier trials
         return _zero_cost_layerwise(net, cfg, np.stack([im for im, _ in loaded]), labels)
+    model = build(net, rngs=nnx.Rngs(cfg.seed))  # after the layerwise branch, which builds its own
     images = np.stack([im for im, _ in loaded]).astype(np.float32) / 255.0
     x, y = jnp.asarray(images), jnp.asarray(labels)
 

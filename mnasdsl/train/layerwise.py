@@ -7,10 +7,11 @@ chains small executables, each keyed by what determines its code (the layer's mo
 parameter and input shapes):
 
 - ``fwd``: the layer in train mode; returns its output, its updated BN statistics and the VJP
-  residuals (a ``jax.vjp`` object passes through ``jit`` as a pytree). The BN momentum is an
-  argument, so BN recalibration (momentum 0: the statistics of the batch) reuses it.
+  residuals (a ``jax.vjp`` object's leaves; those that are the layer's own weights or input are
+  not written out, see :class:`_Rebuild`). The BN momentum is an argument, so BN recalibration
+  (momentum 0: the statistics of the batch) reuses it.
 - ``bwd``: the VJP applied to the output gradient, then the optimizer update of the layer's
-  parameters; returns the input gradient.
+  parameters; returns the input gradient (and, for checks, the parameter gradients).
 - ``eval``: the layer in eval mode; ``tail`` and ``tail_eval``: pooling, dropout, classifier,
   loss and metrics (with the classifier's update).
 
@@ -60,6 +61,23 @@ def clear_cache() -> None:
         _SCHEDULES.clear()
         _STATS.clear()
         _STATS.update(compiled=0, reused=0)
+
+
+# XLA:CPU's MLIR fusion emitters take about a third of a layer's compile time (mnasnet-a1 at 32 px:
+# 12-13 s of compiles against 8.5-9 s), and the classic emitter's steps are as fast within noise. The
+# two round a few ulps apart in some fusions (the tests compile their whole-network references alike).
+CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+# Executables that run once (the zero-cost score's gradient step) compile for compile time, not
+# speed: LLVM's optimizations off halves their compile time (mnasnet-a1: 5.0-5.7 s to 2.6 s).
+CPU_RUN_ONCE_OPTIONS: dict[str, Any] = {**CPU_COMPILER_OPTIONS, "xla_backend_optimization_level": 0,
+                                        "xla_llvm_disable_expensive_passes": True}
+
+
+def _opts(run_once: bool = False) -> dict[str, Any]:
+    options = CPU_RUN_ONCE_OPTIONS if run_once else CPU_COMPILER_OPTIONS
+    if jax.default_backend() == "cpu" and options:
+        return {"compiler_options": dict(options)}
+    return {}
 
 
 def _aval(x: Any) -> Any:
@@ -126,7 +144,7 @@ class LayerwiseTrainer:
 
     def __init__(self, network: Network, *, recipe: str, batch: int, steps_per_epoch: int, epochs: int,
                  seed: int, lr: float | None = None, norm: tuple[np.ndarray, np.ndarray] | None = None,
-                 eval_batch: int | None = None, train_only: bool = False) -> None:
+                 eval_batch: int | None = None, train_only: bool = False, keep_grads: bool = False) -> None:
         from ..backends.flax import build
         from .loop import weight_decay_mask
 
@@ -141,9 +159,15 @@ class LayerwiseTrainer:
         self._mean, self._std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self._model = model
         self._lowered = lower(network)
+        # Gradients only (the zero-cost score): no optimizer state, no evaluation executables, and
+        # layers are not updated.
+        self.train_only = train_only
+        # Also return each step's parameter gradients (``last_grads``: checks against the fused step).
+        # Off in training: writing them out costs a parameter-sized buffer per layer and step.
+        self.keep_grads = keep_grads or train_only
         self.layers: list[_Layer] = []
-        for layer in model.layers:
-            self.layers.append(self._split(layer))
+        for layer in model.layers:  # the tail keeps its optimizer: its one executable updates it
+            self.layers.append(self._split(layer, with_opt=not train_only))
         # The tail: the model itself with no layers (pool, dropout, classifier), fed the last features.
         tail = nnx.merge(*nnx.split(model))
         tail.layers = nnx.List([])
@@ -160,22 +184,22 @@ class LayerwiseTrainer:
                 schedule = self.recipe.schedule
                 _SCHEDULES[sched_key] = jax.jit(lambda c: (jnp.asarray(schedule(c), _F32), c + 1))
             self._lr_fn = _SCHEDULES[sched_key]
-        # Gradients only (the zero-cost score): no evaluation executables, and layers are not updated.
-        self.train_only = train_only
         self.last_grads: list[Any] = []
         self._eval_ready: list[Any] = []
         self._compile_all()
 
     # --- construction ------------------------------------------------------------------------------
 
-    def _split(self, module: nnx.Module) -> _Layer:
+    def _split(self, module: nnx.Module, with_opt: bool = True) -> _Layer:
         from .loop import weight_decay_mask
 
         graphdef, params, stats, *_ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         mask_key = tuple(bool(v) for v in jax.tree.leaves(weight_decay_mask(module, params)))
         tx = self.recipe.split_tx(_GROUP_MASK)  # type: ignore[misc]
+        if not with_opt:
+            return _Layer(graphdef, params, stats, None, tx, mask_key)
         init = _compile(("init", _sig(params), mask_key),
-                        lambda: jax.jit(lambda p: tx.init(_groups(p, mask_key))).lower(params).compile())
+                        lambda: jax.jit(lambda p: tx.init(_groups(p, mask_key))).lower(params).compile(**_opts()))
         return _Layer(graphdef, params, stats, init(params), tx, mask_key)
 
     def _compile_all(self) -> None:
@@ -195,24 +219,27 @@ class LayerwiseTrainer:
             base = (ly.graphdef, _sig(ly.params), _sig(ly.stats))
 
             def make_pair() -> tuple[Any, Any]:
-                lowered = jax.jit(_fwd_fn(ly.graphdef)).lower(ly.params, ly.stats, xin, momentum)
-                y, _, vjp = lowered.out_info
+                box: dict[str, Any] = {}
+                lowered = jax.jit(_fwd_fn(ly.graphdef, box)).lower(ly.params, ly.stats, xin, momentum)
+                y, _, res = lowered.out_info
+                rebuild = _Rebuild(box["treedef"], box["spec"])
                 if self.train_only:  # gradients only: no optimizer update in the backward executable
-                    bwd = jax.jit(_grad_fn).lower(vjp, y)
+                    bwd = jax.jit(_grad_fn(rebuild)).lower(res, y, ly.params, xin)
                 else:
-                    bwd = jax.jit(_bwd_fn(ly.tx, ly.mask_key), donate_argnums=(2, 3)).lower(
-                        vjp, y, ly.params, ly.opt, lr)
+                    bwd = jax.jit(_bwd_fn(ly.tx, ly.mask_key, self.keep_grads, rebuild),
+                                  donate_argnums=(2, 3)).lower(res, y, ly.params, ly.opt, lr, xin)
                 # The two compiles run side by side: a child network often brings a single new layer.
                 done: dict[str, Any] = {}
-                helper = threading.Thread(target=lambda: done.setdefault("bwd", bwd.compile()))
+                opts = _opts(run_once=self.train_only)
+                helper = threading.Thread(target=lambda: done.setdefault("bwd", bwd.compile(**opts)))
                 helper.start()
-                fwd = lowered.compile()
+                fwd = lowered.compile(**opts)
                 helper.join()
                 if "bwd" not in done:  # the helper failed: compile here to raise its error
-                    done["bwd"] = bwd.compile()
+                    done["bwd"] = bwd.compile(**opts)
                 return fwd, done["bwd"]
 
-            form = "grad" if self.train_only else "train"
+            form = "grad" if self.train_only else "train+grads" if self.keep_grads else "train"
             ly.fwd, ly.bwd = _compile((form, *base, _sig(xin), ly.mask_key), make_pair)
 
         # What the background compiles lower against: shapes only, since training donates (deletes)
@@ -226,7 +253,7 @@ class LayerwiseTrainer:
             params, stats = abstract[i]
             xev = jax.ShapeDtypeStruct((self.eval_batch, *shapes[i]), _F32)
             ly.evaluate = _compile(("eval", ly.graphdef, _sig(params), _sig(stats), _sig(xev)),
-                                   lambda: jax.jit(_eval_fn(ly.graphdef)).lower(params, stats, xev).compile())
+                                   lambda: jax.jit(_eval_fn(ly.graphdef)).lower(params, stats, xev).compile(**_opts()))
 
         feat = jax.ShapeDtypeStruct((self.batch, *shapes[-1]), _F32)
         feat_eval = jax.ShapeDtypeStruct((self.eval_batch, *shapes[-1]), _F32)
@@ -236,9 +263,10 @@ class LayerwiseTrainer:
             lab = jax.ShapeDtypeStruct((self.batch,), jnp.int32)
             msk = jax.ShapeDtypeStruct((self.batch,), _F32)
             base = (t.graphdef, _sig(t.params), _sig(t.stats), _sig(self.tail_rest), classes)
-            t.fwd = _compile(("tail", *base, _sig(feat), t.mask_key), lambda: jax.jit(
+            once = self.train_only
+            t.fwd = _compile(("tail", *base, _sig(feat), t.mask_key, once), lambda: jax.jit(
                 _tail_fn(t.graphdef, t.tx, t.mask_key, classes), donate_argnums=(0, 1)).lower(
-                    t.params, t.opt, t.stats, self.tail_rest, feat, lab, msk, lr).compile())
+                    t.params, t.opt, t.stats, self.tail_rest, feat, lab, msk, lr).compile(**_opts(once)))
 
         def tail_eval_job() -> None:
             t = self.tail
@@ -247,12 +275,12 @@ class LayerwiseTrainer:
             lab_e = jax.ShapeDtypeStruct((self.eval_batch,), jnp.int32)
             msk_e = jax.ShapeDtypeStruct((self.eval_batch,), _F32)
             t.evaluate = _compile(("tail_eval", *base, _sig(feat_eval)), lambda: jax.jit(
-                _tail_eval_fn(t.graphdef)).lower(params, stats, rest, feat_eval, lab_e, msk_e).compile())
+                _tail_eval_fn(t.graphdef)).lower(params, stats, rest, feat_eval, lab_e, msk_e).compile(**_opts()))
 
         h0, w0, c0 = self.network.input
         self._prep = {b: _compile(("prep", b, h0, w0, c0, self._mean.tobytes(), self._std.tobytes()),
                                   lambda b=b: jax.jit(_prep_fn(self._mean, self._std)).lower(
-                                      jax.ShapeDtypeStruct((b, h0, w0, c0), jnp.uint8)).compile())
+                                      jax.ShapeDtypeStruct((b, h0, w0, c0), jnp.uint8)).compile(**_opts()))
                       for b in ({self.batch} if self.train_only else {self.batch, self.eval_batch})}
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(layer_job, i) for i in range(len(self.layers))] + [pool.submit(tail_job)]
@@ -274,22 +302,24 @@ class LayerwiseTrainer:
         self.state["step"] = self._count
         x = self._prep[self.batch](batch.images)
         momentum = self._momentum
-        vjps = []
+        saved = []  # per layer: its input and the residuals its backward needs beyond input and weights
         for ly in self.layers:
-            x, ly.stats, vjp = ly.fwd(ly.params, ly.stats, x, momentum)
-            vjps.append(vjp)
+            xin = x
+            x, ly.stats, res = ly.fwd(ly.params, ly.stats, xin, momentum)
+            saved.append((xin, res))
         t = self.tail
         t.params, t.opt, self.tail_rest, g, tail_grads, metrics = t.fwd(
             t.params, t.opt, t.stats, self.tail_rest, x, batch.labels, batch.mask, lr)
         grads = []
-        for ly, vjp in zip(reversed(self.layers), reversed(vjps), strict=True):
+        for ly, (xin, res) in zip(reversed(self.layers), reversed(saved), strict=True):
             if self.train_only:
-                gp, g = ly.bwd(vjp, g)
+                gp, g = ly.bwd(res, g, ly.params, xin)
             else:
-                g, ly.params, ly.opt, gp = ly.bwd(vjp, g, ly.params, ly.opt, lr)
+                g, ly.params, ly.opt, gp = ly.bwd(res, g, ly.params, ly.opt, lr, xin)
             grads.append(gp)
         # The gradients of this step (per layer, then the tail's), for checks against the fused step.
-        self.last_grads = [*reversed(grads), tail_grads]
+        if self.keep_grads:
+            self.last_grads = [*reversed(grads), tail_grads]
         return metrics  # type: ignore[no-any-return]
 
     def ready(self) -> None:
@@ -361,7 +391,24 @@ def _prep_fn(mean: np.ndarray, std: np.ndarray) -> Any:
     return prep
 
 
-def _fwd_fn(graphdef: Any) -> Any:
+@dataclass(frozen=True)
+class _Rebuild:
+    """How a backward executable reassembles its layer's VJP: the residual pytree's structure, and for
+    each leaf where it comes from: ("r", i) the forward's i-th output residual, ("p", i) the i-th
+    weight, ("x", 0) the layer's input. Weights and input are arguments of the backward anyway, so the
+    forward does not write copies of them out (a parameter- plus an activation-sized buffer per layer
+    and step)."""
+
+    treedef: Any
+    spec: tuple[tuple[str, int], ...]
+
+    def __call__(self, res: list[jax.Array], params: Any, x: jax.Array) -> Any:
+        weights = jax.tree.leaves(params)
+        src = {"r": res, "p": weights, "x": [x]}
+        return jax.tree.unflatten(self.treedef, [src[k][i] for k, i in self.spec])
+
+
+def _fwd_fn(graphdef: Any, box: dict[str, Any] | None = None) -> Any:
     def fwd(params: Any, stats: Any, x: jax.Array, momentum: jax.Array) -> tuple[Any, Any, Any]:
         def f(p: Any, v: jax.Array) -> tuple[jax.Array, Any]:
             m = nnx.merge(graphdef, p, stats, copy=True)
@@ -370,20 +417,36 @@ def _fwd_fn(graphdef: Any) -> Any:
             return y, nnx.state(m, nnx.BatchStat)
 
         y, vjp, new_stats = jax.vjp(f, params, x, has_aux=True)
-        return y, new_stats, vjp
+        leaves, treedef = jax.tree.flatten(vjp)
+        # Residuals that are the forward's own inputs are matched by identity (the same traced values).
+        inputs = {id(v): ("p", i) for i, v in enumerate(jax.tree.leaves(params))}
+        inputs[id(x)] = ("x", 0)
+        spec, kept = [], []
+        for v in leaves:
+            where = inputs.get(id(v))
+            if where is None:
+                where = ("r", len(kept))
+                kept.append(v)
+            spec.append(where)
+        if box is not None:
+            box.update(treedef=treedef, spec=tuple(spec))
+        return y, new_stats, kept
     return fwd
 
 
-def _bwd_fn(tx: optax.GradientTransformation, mask: tuple[bool, ...]) -> Any:
-    def bwd(vjp: Any, gy: jax.Array, params: Any, opt: Any, lr: jax.Array) -> tuple[jax.Array, Any, Any, Any]:
-        gp, gx = vjp(gy)
+def _bwd_fn(tx: optax.GradientTransformation, mask: tuple[bool, ...], keep_grads: bool, rebuild: _Rebuild) -> Any:
+    def bwd(res: Any, gy: jax.Array, params: Any, opt: Any, lr: jax.Array,
+            x: jax.Array) -> tuple[jax.Array, Any, Any, Any]:
+        gp, gx = rebuild(res, params, x)(gy)
         new_params, opt = _update(tx, mask, gp, params, opt, lr)
-        return gx, new_params, opt, gp
+        return gx, new_params, opt, gp if keep_grads else None
     return bwd
 
 
-def _grad_fn(vjp: Any, gy: jax.Array) -> tuple[Any, jax.Array]:
-    return vjp(gy)  # type: ignore[no-any-return]
+def _grad_fn(rebuild: _Rebuild) -> Any:
+    def grad(res: Any, gy: jax.Array, params: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        return rebuild(res, params, x)(gy)  # type: ignore[no-any-return]
+    return grad
 
 
 # The optimizer runs on two flat vectors per layer, the weight-decayed parameters and the rest (BN):
