@@ -45,14 +45,18 @@ def conv_pads(hw: tuple[int, int], kernel: int, stride: tuple[int, int], padding
     return same_pads(hw[0], kernel, stride[0]), same_pads(hw[1], kernel, stride[1])
 
 
-def _live_range(size: int, k: int, s: int, before: int, after: int) -> tuple[int, int]:
-    """The taps [first, last) along one axis that read at least one real (unpadded) pixel.
+def _trim_axis(size: int, k: int, s: int, before: int, after: int) -> tuple[int, int, int, int]:
+    """Along one axis: the taps [first, last) that read at least one real (unpadded) pixel, and the
+    pads that keep the output size with only those taps.
 
     Tap a reads padded positions a + s*i, i < out; the real ones are [before, before + size). The
     live taps are contiguous (ceil(size/s) windows of length size, s apart, or one when size < s)."""
     out = (size + before + after - k) // s + 1
     live = [a for a in range(k) if any(before <= a + s * i < before + size for i in range(out))]
-    return (live[0], live[-1] + 1) if live else (0, k)
+    if not live or (live[0], live[-1] + 1) == (0, k):
+        return 0, k, before, after
+    first, last = live[0], live[-1] + 1
+    return first, last, before - first, (out - 1) * s + (last - first) - size - (before - first)
 
 
 def trim_taps(hw: tuple[int, int], w: jax.Array, stride: tuple[int, int], pads: Pads) -> tuple[jax.Array, Pads]:
@@ -62,18 +66,11 @@ def trim_taps(hw: tuple[int, int], w: jax.Array, stride: tuple[int, int], pads: 
     a 5x5 kernel over a 1x1 map, with 24 of its 25 taps on padding), those taps add exact zeros:
     dropping them leaves every output (and the input gradient) unchanged and their weight gradient
     zero, for a fraction of the work. The pads shrink by the dropped rows, so the output keeps its size."""
-    kh, kw = int(w.shape[0]), int(w.shape[1])
-    (pt, pb), (pl, pr) = pads
-    a0, a1 = _live_range(hw[0], kh, stride[0], pt, pb)
-    b0, b1 = _live_range(hw[1], kw, stride[1], pl, pr)
-    if (a0, a1, b0, b1) == (0, kh, 0, kw):
+    a0, a1, pt, pb = _trim_axis(hw[0], int(w.shape[0]), stride[0], *pads[0])
+    b0, b1, pl, pr = _trim_axis(hw[1], int(w.shape[1]), stride[1], *pads[1])
+    if (a0, a1, b0, b1) == (0, w.shape[0], 0, w.shape[1]):
         return w, pads
-    ho = (hw[0] + pt + pb - kh) // stride[0] + 1
-    wo = (hw[1] + pl + pr - kw) // stride[1] + 1
-    pt2, pl2 = pt - a0, pl - b0
-    pb2 = (ho - 1) * stride[0] + (a1 - a0) - hw[0] - pt2
-    pr2 = (wo - 1) * stride[1] + (b1 - b0) - hw[1] - pl2
-    return w[a0:a1, b0:b1], ((pt2, pb2), (pl2, pr2))
+    return w[a0:a1, b0:b1], ((pt, pb), (pl, pr))
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int], pads: Pads) -> jax.Array:
