@@ -56,10 +56,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    p = Path(path)
+def _stage_file(p: Path, data: bytes) -> str:
+    """``data`` written and synced to a new temporary file beside ``p`` (removed again on failure)."""
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     except OSError as e:
         raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
@@ -69,12 +71,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
+        raise
+    return tmp
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    p = Path(path)
+    tmp = _stage_file(p, data)
+    try:
         os.replace(tmp, p)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         if isinstance(e, OSError):
             raise MnasError(f"{p}: cannot write: {e.strerror or e}") from None
         raise
@@ -111,3 +129,48 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write several files as one unit (an exported model and its card): every file is written and
+    synced under a temporary name first, then the old files are moved aside and the new ones renamed
+    in. If any step fails, the files that were already replaced get their old contents back and
+    the temporaries are removed, so a failure leaves exactly what was there before. (Between two
+    renames a kill -9 can still leave a mix: POSIX has no rename of two files at once.)"""
+    staged: list[tuple[Path, str]] = []
+    try:
+        for path, data in files.items():
+            p = Path(path)
+            staged.append((p, _stage_file(p, data)))
+        _commit(staged)
+    finally:
+        for _, tmp in staged:
+            _unlink_quietly(tmp)
+
+
+def _commit(staged: list[tuple[Path, str]]) -> None:
+    """Rename each temporary over its target, keeping the replaced files aside until all succeed."""
+    done: list[tuple[Path, Path | None]] = []  # target, where its old version was moved (None: there was none)
+    current = staged[0][0] if staged else Path()
+    try:
+        for p, tmp in staged:
+            current = p
+            old: Path | None = None
+            if os.path.lexists(p):
+                old = p.parent / f".{p.name}.old-{os.getpid()}"
+                os.replace(p, old)
+            done.append((p, old))
+            os.replace(tmp, p)
+    except OSError as e:
+        for p, old in reversed(done):
+            try:
+                if old is not None:
+                    os.replace(old, p)
+                else:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise MnasError(f"{current}: cannot write: {e.strerror or e}; nothing was changed") from None
+    for _, old in done:
+        if old is not None:
+            old.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public measurements not found at {SHARED_DATA} (the ../shared/data folder beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def no_user_compile_cache() -> Iterator[None]:
+    """The CLI turns on JAX's persistent cache in ~/.cache; tests must not write there."""
+    old = os.environ.get("MNASDSL_JAX_CACHE")
+    os.environ["MNASDSL_JAX_CACHE"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("MNASDSL_JAX_CACHE", None)
+    else:
+        os.environ["MNASDSL_JAX_CACHE"] = old
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

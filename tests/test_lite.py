@@ -150,7 +150,8 @@ def test_registered_lite_models() -> None:
     tf = parsed_network(model_text(MODELS["efficientnet-pytorch"]["efficientnet-lite0"]))
     assert (tf.bn_momentum, tf.bn_eps, tf.resolution) == (0.99, 1e-3, (224, 224))
     assert MODELS["timm"]["tf_efficientnet_lite4"].preprocess((380, 380)) == {
-        "size": [380, 380], "crop": 0.92, "mean": [127.5] * 3, "std": [127.5] * 3}
+        "size": [380, 380], "crop": 0.92, "mean": [127.5] * 3, "std": [127.5] * 3, "resize": "bilinear",
+        "recorded": "import of timm tf_efficientnet_lite4 (its published eval transform)"}
 
 
 # --- the packaged ImageNet weights, on real photos -----------------------------------------------------------
@@ -182,7 +183,10 @@ def test_packaged_lite0_weights_classify_photos(tmp_path: Path, capsys: pytest.C
     res = json.loads(capsys.readouterr().out)
     assert res["params"] == 4_652_008 and res["tensors"] == 296
     card = json.loads((out / "weights" / "mnasdsl.json").read_text())
-    assert card["preprocess"] == {"size": [224, 224], "crop": 0.875, "mean": [127.0] * 3, "std": [128.0] * 3}
+    assert card["preprocess"] == {"size": [224, 224], "crop": 0.875, "mean": [127.0] * 3, "std": [128.0] * 3,
+                                  "resize": "bilinear",
+                                  "recorded": "import of efficientnet-pytorch efficientnet-lite0 (its published eval "
+                                              "transform)"}
     assert card["params"] == 4_652_008
     prov = json.loads((out / "import.json").read_text())
     assert prov["weights"] == pth.name and prov["source"] == "efficientnet-pytorch" and len(prov["sha256"]) == 64

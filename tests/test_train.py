@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +35,8 @@ TINY = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_user_compile_cache() -> Iterator[None]:
+def _no_user_compile_cache(no_user_compile_cache: None) -> None:
     """The CLI turns on JAX's persistent cache in ~/.cache; tests must not write there."""
-    old = os.environ.get("MNASDSL_JAX_CACHE")
-    os.environ["MNASDSL_JAX_CACHE"] = "0"
-    yield
-    if old is None:
-        os.environ.pop("MNASDSL_JAX_CACHE", None)
-    else:
-        os.environ["MNASDSL_JAX_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -2,50 +2,52 @@
 
 A deployed file alone does not say how to feed it: the resolution, the crop, the normalization and
 the class names. The sidecar records them so that ``predict``/``eval`` (or an app) need nothing
-else; it is validated fully on read, so a hand-edited or foreign file is one clear error.
+else. It is validated fully on read, by the same pydantic models that write it: a hand-edited or
+foreign file (a NaN std, a float size, an unknown resize, nesting deep enough to exhaust a
+recursive parser) is one clear error naming the field, never NaN predictions.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from ..diagnostics import MnasError
+from ..preprocess import EVAL_CROP, PositiveInt, Preprocess, error_text
+
+__all__ = ["EVAL_CROP", "FORMAT", "MAX_CARD_BYTES", "ModelCard", "Preprocess", "card_path", "read_card"]
 
 FORMAT = "mnasdsl-model-card/1"
-EVAL_CROP = 0.875
+MAX_CARD_BYTES = 16 << 20  # 21k class names fit many times over; more is not a card
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """uint8 pixels → model input: resize the shorter side to size/crop, center-crop ``size``,
-    then ``(x - mean) / std`` per channel in 0..255 units."""
+class ModelCard(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    size: tuple[int, int]  # H, W
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop: float = EVAL_CROP
-    resize: str = "bilinear"
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    network: str
-    runtime: str  # "litert" | "onnx"
-    input: tuple[int, int, int, int]  # N, H, W, C (float32)
-    classes: tuple[str, ...]
+    format: Literal["mnasdsl-model-card/1"] = FORMAT
+    network: StrictStr
+    runtime: Literal["litert", "onnx"]
+    input: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt]  # N, H, W, C (float32)
+    classes: tuple[Annotated[StrictStr, Field(max_length=4096)], ...] = Field(min_length=1)
     preprocess: Preprocess
-    quantize: str = "none"
-    weights: str = ""
-    spec: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    quantize: Literal["none", "fp16", "int8"] = "none"
+    weights: StrictStr = ""
+    spec: StrictStr = ""
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _agree(self) -> ModelCard:
+        _, h, w, c = self.input
+        if self.preprocess.size != (h, w) or self.preprocess.channels != c:
+            raise ValueError(f"preprocess describes a {self.preprocess.size[0]}x{self.preprocess.size[1]}x"
+                             f"{self.preprocess.channels} image, input is {h}x{w}x{c}")
+        return self
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {"format": FORMAT, **d}
+        return self.model_dump(mode="json")
 
 
 def card_path(model_path: str | Path) -> Path:
@@ -59,29 +61,26 @@ def read_card(model_path: str | Path) -> ModelCard | None:
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise MnasError(f"{p}: unreadable model card: {e}") from None
+        with p.open("rb") as f:
+            raw = f.read(MAX_CARD_BYTES + 1)
+    except OSError as e:
+        raise MnasError(f"{p}: unreadable model card: {e.strerror or e}") from None
+    if len(raw) > MAX_CARD_BYTES:
+        raise MnasError(f"{p}: not a model card: larger than {MAX_CARD_BYTES >> 20} MiB")
     try:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        pre = d["preprocess"]
-        size = tuple(int(v) for v in pre["size"])
-        channels = int(pre["channels"])
-        mean = tuple(float(v) for v in pre["mean"])
-        std = tuple(float(v) for v in pre["std"])
-        if len(size) != 2 or min(size) < 1 or channels < 1 or len(mean) != channels or len(std) != channels:
-            raise ValueError("preprocess: size, channels, mean and std disagree")
-        if any(s <= 0 for s in std) or not 0 < float(pre.get("crop", EVAL_CROP)) <= 1:
-            raise ValueError("preprocess: std must be positive and crop in (0, 1]")
-        inp = tuple(int(v) for v in d["input"])
-        classes = tuple(str(c) for c in d["classes"])
-        if len(inp) != 4:
-            raise ValueError("input must be [N, H, W, C]")
-        return ModelCard(str(d["network"]), str(d["runtime"]), inp,  # type: ignore[arg-type]
-                         classes, Preprocess(size, channels, mean, std, float(pre.get("crop", EVAL_CROP)),
-                                             str(pre.get("resize", "bilinear"))),
-                         str(d.get("quantize", "none")), str(d.get("weights", "")), str(d.get("spec", "")),
-                         dict(d.get("extra", {})))
-    except (KeyError, TypeError, ValueError) as e:
-        raise MnasError(f"{p}: invalid model card: {e}") from None
+        # pydantic's own JSON parser: bounded nesting (an error, not a RecursionError), no NaN surprises
+        # left to the validators, and every field checked against the same model that writes cards
+        return ModelCard.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        if first["type"] == "json_invalid" or first["loc"] == ():
+            raise MnasError(f"{p}: unreadable model card: {str(first['msg'])}") from None
+        if first["loc"] == ("format",):
+            raise MnasError(f"{p}: invalid model card: not a {FORMAT} file") from None
+        raise MnasError(f"{p}: invalid model card: {error_text(e)}") from None
+    except (ValueError, RecursionError) as e:  # defensive: a parser error that is not a ValidationError
+        raise MnasError(f"{p}: unreadable model card: {e}") from None
+
+
+def dumps(card: ModelCard) -> str:
+    return json.dumps(card.to_json(), indent=2) + "\n"

@@ -247,6 +247,40 @@ def _static(dim: Any) -> int | None:
     return int(dim.dim_value) if dim.HasField("dim_value") else None
 
 
+def _external_tensor(model: Any) -> str | None:
+    """The name of the first tensor whose data lives outside the model (``data_location = EXTERNAL``),
+    anywhere a tensor can sit: initializers, sparse initializers, node attributes, nested graphs.
+    onnxruntime resolves such a location against the working directory when the model comes as
+    bytes, so a downloaded model could read any file there into its weights."""
+    onnx = _onnx()
+    external = onnx.TensorProto.EXTERNAL
+    graphs = [model.graph]
+    graphs.extend(f.node for f in model.functions)  # type: ignore[misc] - node lists, walked below
+    seen = 0
+    while graphs:
+        g = graphs.pop()
+        seen += 1
+        if seen > 100_000:  # protobuf nesting is bounded by the file; this only stops a pathological walk
+            return "<nested graphs>"
+        if isinstance(g, onnx.GraphProto):
+            tensors = list(g.initializer)
+            for sp in g.sparse_initializer:
+                tensors.extend((sp.values, sp.indices))
+            nodes = list(g.node)
+        else:
+            tensors, nodes = [], list(g)
+        for node in nodes:
+            for attr in node.attribute:
+                tensors.extend([attr.t, *attr.tensors])
+                for sp in [attr.sparse_tensor, *attr.sparse_tensors]:
+                    tensors.extend((sp.values, sp.indices))
+                graphs.extend([attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs)
+        for t in tensors:
+            if t.data_location == external or len(t.external_data):
+                return t.name or "<unnamed>"
+    return None
+
+
 def load_onnx(path: str | os.PathLike[str] | bytes, *, intra_op_num_threads: int = 1,
               name: str | None = None) -> OnnxModel:
     """Load an ONNX model written by :func:`to_onnx` into onnxruntime.
@@ -274,8 +308,15 @@ def load_onnx(path: str | os.PathLike[str] | bytes, *, intra_op_num_threads: int
         raise _file_error(p, "not an ONNX model (empty file)")
     try:
         model = onnx.load_model_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf decode errors: all mean "not a model"
+        raise _file_error(p, f"not a valid ONNX model (truncated or corrupt?): {_first_line(e)}") from None
+    external = _external_tensor(model)
+    if external is not None:
+        raise _file_error(p, f"tensor {external!r} keeps its data in another file (ONNX external data); "
+                             "refused: it would be read from a path the model names, and mnasdsl never writes it")
+    try:
         onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - protobuf decode and checker errors: all mean "not a model"
+    except Exception as e:  # noqa: BLE001 - checker errors: all mean "not a model"
         raise _file_error(p, f"not a valid ONNX model (truncated or corrupt?): {_first_line(e)}") from None
 
     g = model.graph

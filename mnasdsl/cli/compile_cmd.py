@@ -88,6 +88,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown --quantize {args.quantize!r} (expected {', '.join(QUANTIZE)})")
     if args.quantize != "none" and args.emit != "tflite":
         raise UsageError("--quantize applies to --emit tflite")
+    written = {".tflite": "tflite", ".onnx": "onnx", ".stablehlo": "stablehlo"}.get(
+        Path(args.output).suffix.lower()) if args.output and args.emit != "summary" else None
+    if written is not None and written != args.emit:  # `predict x.tflite` would hand ONNX bytes to LiteRT
+        raise UsageError(f"-o {args.output}: a .{written} name for --emit {args.emit} output; "
+                         f"name it .{'tflite' if args.emit == 'tflite' else args.emit} or change --emit")
     if args.quantize == "int8" and not args.calibration:
         raise UsageError("--quantize int8 needs --calibration SOURCE (an ImageFolder directory, digits or synthetic)")
     if args.calibration and args.quantize != "int8":

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import MnasError
-from .common import UsageError, atomic_write_bytes, atomic_write_text, print_json
+from ..fsutil import atomic_write_files
+from .common import UsageError, print_json
 
 RUNTIMES = ("xla", "litert")
 EXPORT_SUFFIXES = {".tflite": "litert", ".onnx": "onnx"}
@@ -41,16 +42,12 @@ def class_names(ckpt: str | None, classes: int) -> tuple[str, ...]:
 
 
 def preprocess_for(lowered: Any, ckpt: str | None = None) -> Any:
-    """The card's preprocessing: what the checkpoint records (an import's TF-style 127/128, a
-    training run's), else the mean/std mnasdsl's own training uses."""
-    from ..backends.artifact import Preprocess
-    from ..train.checkpoint import find_preprocess, norm_of
-    from ..train.data import norm_stats
+    """The card's preprocessing: what the checkpoint records (an import's published crop and its
+    TF-style 127/128, a training run's own), else mnasdsl's defaults."""
+    from ..train.checkpoint import load_preprocess
 
     h, w, c = lowered.input_shape
-    norm = norm_of(find_preprocess(ckpt), c) if ckpt is not None else None
-    mean, std = norm if norm is not None else norm_stats(c)
-    return Preprocess((h, w), c, tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    return load_preprocess(ckpt, (h, w), c)
 
 
 def calibration_batches(source: str, size: int, batch: int, lowered: Any,
@@ -63,9 +60,9 @@ def calibration_batches(source: str, size: int, batch: int, lowered: Any,
     src = open_source(source)
     h, w, c = lowered.input_shape
     pre = preprocess_for(lowered, ckpt)
-    mean, std = np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
+    mean, std = pre.norm
     loader = Loader(src.train, batch=batch, size=(h, w), channels=c, train=False, workers=2,
-                    limit=-(-size // batch))
+                    limit=-(-size // batch), crop=pre.crop if src.fixed_crop is None else src.fixed_crop)
     seen = 0
     for b in loader:
         imgs = b.images[b.mask > 0]
@@ -141,10 +138,12 @@ def emit_deployable(args: argparse.Namespace, model: Any, weights: str) -> int:
     info["bytes"] = len(data)
     from ..formatter import format as format_ir
 
-    card = artifact.ModelCard(low.name, runtime, (args.batch, h, w, c), class_names(args.ckpt, low.classes),
-                              preprocess_for(low, args.ckpt), args.quantize, weights, _spec_text(args, format_ir))
-    atomic_write_bytes(out, data)
-    atomic_write_text(artifact.card_path(out), _dumps(card.to_json()))
+    card = artifact.ModelCard(network=low.name, runtime=runtime, input=(args.batch, h, w, c),
+                              classes=class_names(args.ckpt, low.classes), preprocess=preprocess_for(low, args.ckpt),
+                              quantize=args.quantize, weights=weights, spec=_spec_text(args, format_ir))
+    # the model and its card are one unit: both land or neither does (a model beside a stale card
+    # would be fed the wrong crop or normalization without any error)
+    atomic_write_files({out: data, artifact.card_path(out): artifact.dumps(card).encode("utf-8")})
     info["card"] = str(artifact.card_path(out))
     if args.json:
         print_json(info)
@@ -170,12 +169,6 @@ def _spec_text(args: argparse.Namespace, format_ir: Any) -> str:
         return str(format_ir(load_network(args)))
     except Exception:  # noqa: BLE001 - the card's spec is informational
         return ""
-
-
-def _dumps(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2) + "\n"
 
 
 # --- running exported models ----------------------------------------------------------------------
@@ -204,23 +197,37 @@ class Exported:
         else:
             n, h, w, c = self.model.input_shape
         if card is None:
-            from ..train.data import norm_stats
+            from ..preprocess import default
 
-            mean, std = norm_stats(c)
-            sys.stderr.write(f"warning: {artifact.card_path(path)} not found; assuming ImageNet normalization "
-                             f"and numbered classes\n")
+            pre = default((h, w), c)
+            sys.stderr.write(f"warning: {artifact.card_path(path)} not found; assuming ImageNet normalization, "
+                             f"crop {pre.crop} and numbered classes\n")
             self.classes: tuple[str, ...] | None = None
-            self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
             self.name = Path(path).stem
         else:
-            if card.preprocess.size != (h, w) or card.preprocess.channels != c:
-                raise MnasError(f"{artifact.card_path(path)}: describes a {card.preprocess.size} x "
-                                f"{card.preprocess.channels} input, the model takes {h}x{w}x{c}")
+            pre = card.preprocess
+            if pre.size != (h, w) or pre.channels != c:
+                raise MnasError(f"{artifact.card_path(path)}: describes a {pre.size[0]}x{pre.size[1]}x"
+                                f"{pre.channels} input, the model takes {h}x{w}x{c}")
+            outputs = self._outputs(kind)
+            if outputs is not None and len(card.classes) != outputs:
+                raise MnasError(f"{artifact.card_path(path)}: invalid model card: classes names "
+                                f"{len(card.classes)} classes, the model outputs {outputs}")
             self.classes = card.classes
-            self.mean = np.asarray(card.preprocess.mean, np.float32)
-            self.std = np.asarray(card.preprocess.std, np.float32)
             self.name = card.network
+        self.mean, self.std = pre.norm
+        self.crop = pre.crop
         self.batch, self.size, self.channels = n, (h, w), c
+
+    def _outputs(self, kind: str) -> int | None:
+        """The model's class count, from its own output shape."""
+        if kind == "onnx":
+            return int(self.model.classes) or None
+        try:
+            shape = self.model.interpreter.get_output_details()[0]["shape"]
+            return int(shape[-1]) if len(shape) == 2 else None
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) → float32 logits (N, classes), run in the model's fixed batch size."""

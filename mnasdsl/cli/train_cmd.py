@@ -119,12 +119,9 @@ def _exported(args: argparse.Namespace, kind: str) -> Any:
     ex.model = tflite.load(tflite.convert(fold(model), 1), threads=threads, name=f"{args.ckpt} (LiteRT)")
     ex.path, ex.name = str(args.ckpt), net.name
     ex.classes = names or class_names(None, net.classes)
-    from ..train.data import norm_stats
-
     h, w, c = net.input
-    mean, std = args.norm if args.norm is not None else norm_stats(c)
-    ex.mean, ex.std = mean.astype("float32"), std.astype("float32")
-    ex.batch, ex.size, ex.channels = 1, (h, w), c
+    ex.mean, ex.std = args.pre.norm
+    ex.batch, ex.size, ex.channels, ex.crop = 1, (h, w), c, args.pre.crop
     return ex
 
 
@@ -160,7 +157,7 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
     """FILE's network at the checkpoint's size (unless overridden), its weights, and the class names."""
     from ..backends.flax import load_params
     from ..parser import parse
-    from ..train.checkpoint import find_meta, find_preprocess, norm_of
+    from ..train.checkpoint import find_meta, load_preprocess
 
     ckpt = Path(args.ckpt)
     if not ckpt.is_dir():
@@ -178,7 +175,9 @@ def _load_trained(args: argparse.Namespace) -> tuple[Network, Any, tuple[str, ..
         if len(names) != net.classes:
             raise MnasError(f"{ckpt}: trained for {len(names)} classes, but --classes is {net.classes}")
     enable_compilation_cache()
-    args.norm = norm_of(find_preprocess(ckpt), net.input[2])  # how these weights expect their input
+    h, w, c = net.input
+    args.pre = load_preprocess(ckpt, (h, w), c)  # how these weights expect their input: crop, mean, std
+    args.norm = args.pre.norm
     return net, load_params(net, ckpt), names
 
 
@@ -197,7 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise MnasError(f"{source.name} has {source.num_classes} classes, the network {net.classes}")
     split = source.val if args.split == "val" else source.train
     h, w, c = net.input
-    m = evaluate_model(model, split, size=(h, w), channels=c, batch=args.batch, norm=args.norm)
+    m = evaluate_model(model, split, size=(h, w), channels=c, batch=args.batch, norm=args.norm,
+                       crop=args.pre.crop)
     bad = source.corrupt_count()
     if bad:
         sys.stderr.write(f"warning: skipped {bad} corrupt or unreadable image(s)\n")
@@ -228,14 +228,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_exported(args, _exported(args, kind))
     net, model, names = _load_trained(args)
     h, w, c = net.input
-    images = _read_images(args.images, (h, w), c)
+    images = _read_images(args.images, (h, w), c, args.pre.crop)
     probs = predict_images(model, images, c, norm=args.norm)
     from ..labels import default_names
 
     return _print_predictions(args, net.name, names or default_names(net.classes), probs)
 
 
-def _read_images(paths: list[str], size: tuple[int, int], c: int) -> Any:
+def _read_images(paths: list[str], size: tuple[int, int], c: int, crop: float) -> Any:
     import numpy as np
     from PIL import Image
 
@@ -246,7 +246,7 @@ def _read_images(paths: list[str], size: tuple[int, int], c: int) -> Any:
         if not Path(path).is_file():
             raise MnasError(f"{path}: no such image file")
         try:
-            images.append(decode_image(path, size, c))
+            images.append(decode_image(path, size, c, crop=crop))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise MnasError(f"{path}: cannot read image: {e}") from None
     return np.stack(images)
@@ -255,7 +255,7 @@ def _read_images(paths: list[str], size: tuple[int, int], c: int) -> Any:
 def _predict_exported(args: argparse.Namespace, ex: Any) -> int:
     import numpy as np
 
-    images = _read_images(args.images, ex.size, ex.channels)
+    images = _read_images(args.images, ex.size, ex.channels, ex.crop)
     logits = ex.logits(images)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -280,7 +280,7 @@ def _eval_exported(args: argparse.Namespace, ex: Any) -> int:
     split = source.val if args.split == "val" else source.train
     top1 = top5 = n = 0
     loss = 0.0
-    for b in Loader(split, batch=args.batch, size=ex.size, channels=ex.channels, train=False):
+    for b in Loader(split, batch=args.batch, size=ex.size, channels=ex.channels, train=False, crop=ex.crop):
         keep = b.mask > 0
         if not keep.any():
             continue

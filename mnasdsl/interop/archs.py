@@ -377,7 +377,8 @@ class ModelDef:
     def preprocess(self, size: tuple[int, int]) -> dict[str, object]:
         """The ``preprocess`` record of an import at ``size`` (what eval, predict and exports apply)."""
         return {"size": [int(size[0]), int(size[1])], "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std)}
+                "std": list(self.std), "resize": "bilinear",
+                "recorded": f"import of {self.source} {self.name} (its published eval transform)"}
 
 
 def _lite(source: str, name: str, i: int, scheme: str, bn: tuple[float, float], padding: str,

@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import preprocess
 from ..diagnostics import MnasError
 from ..fsutil import atomic_write_bytes, atomic_write_text, staged_dir  # noqa: F401 - used by loop via this module
+from ..preprocess import Preprocess
 
 TRAIN_FORMAT = "mnasdsl-train/1"
 KEEP = 2  # completed epoch checkpoints kept (the newest and one before it)
@@ -132,43 +134,55 @@ def find_meta(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
-def find_preprocess(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """How the weights behind ``ckpt`` expect their input: ``{"mean", "std"}`` per channel in 0..255
-    units (plus ``size``/``crop`` when known), from a training run's metadata or an import's
-    ``mnasdsl.json``. None when neither says (weights trained by mnasdsl before this was recorded)."""
+def _preprocess_record(ckpt: str | os.PathLike[str]) -> tuple[Any, str]:
+    """The raw ``preprocess`` record behind ``ckpt`` and the file it was read from ("" when none)."""
+    d = Path(ckpt)
     meta = find_meta(ckpt)
-    if meta is not None and isinstance(meta.get("preprocess"), dict):
-        return dict(meta["preprocess"])
+    if meta is not None and "preprocess" in meta:
+        return meta["preprocess"], f"{d} (training metadata)"
     from ..backends.flax import resolve_ckpt_dir
 
     try:
         params = resolve_ckpt_dir(ckpt)
     except MnasError:
-        return None
+        return None, ""
     for cand in (params.parent, params):
         card = cand / "mnasdsl.json"
         if card.is_file():
             try:
-                pre = json.loads(card.read_text()).get("preprocess")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return dict(pre) if isinstance(pre, dict) else None
-    return None
+                doc = json.loads(card.read_text())
+            except (OSError, ValueError, RecursionError) as e:
+                raise MnasError(f"{card}: unreadable checkpoint card: {e}") from None
+            return (doc.get("preprocess") if isinstance(doc, dict) else None), str(card)
+    return None, ""
 
 
-def norm_of(preprocess: dict[str, Any] | None, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+def find_preprocess(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """How the weights behind ``ckpt`` expect their input: ``{"mean", "std"}`` per channel in 0..255
+    units (plus ``size``/``crop`` when known), from a training run's metadata or an import's
+    ``mnasdsl.json``. None when neither says (weights trained by mnasdsl before this was recorded)."""
+    record, _ = _preprocess_record(ckpt)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def load_preprocess(ckpt: str | os.PathLike[str] | None, size: tuple[int, int], channels: int) -> Preprocess:
+    """The validated preprocessing for the weights behind ``ckpt`` at ``size``: the recorded crop,
+    mean and std (an import's published eval transform, a training run's own), else mnasdsl's
+    defaults. A damaged record is an error naming its file and field, never a silent default."""
+    if ckpt is None:
+        return preprocess.default(size, channels)
+    record, where = _preprocess_record(ckpt)
+    try:
+        return preprocess.resolve(record, size, channels, where=where)
+    except ValueError as e:
+        raise MnasError(f"{where}: invalid {e}") from None
+
+
+def norm_of(preprocess_record: dict[str, Any] | None, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(mean, std) arrays of a preprocess record, validated against the channel count."""
-    if preprocess is None:
+    if preprocess_record is None:
         return None
     try:
-        mean = np.asarray(preprocess["mean"], np.float32).reshape(-1)
-        std = np.asarray(preprocess["std"], np.float32).reshape(-1)
-    except (KeyError, TypeError, ValueError):
-        raise MnasError(f"invalid preprocess record {preprocess!r}: needs numeric mean and std") from None
-    if mean.size == 1:
-        mean = np.full(channels, mean[0], np.float32)
-    if std.size == 1:
-        std = np.full(channels, std[0], np.float32)
-    if mean.size != channels or std.size != channels or np.any(std <= 0):
-        raise MnasError(f"invalid preprocess record: {channels} channels need {channels} means and positive stds")
-    return mean, std
+        return preprocess.resolve(preprocess_record, (1, 1), channels).norm
+    except ValueError as e:
+        raise MnasError(f"invalid {e}") from None

@@ -23,30 +23,19 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from ..diagnostics import MnasError
+from ..preprocess import EVAL_CROP, center_box
+from ..preprocess import default_norm as norm_stats  # noqa: F401 - the training normalization, by its old name
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed, so every run (and `eval`) sees the same validation split whatever the training seed
-EVAL_CROP = 0.875  # resize to size/0.875 then center-crop, the usual ImageNet eval transform
 RRC_SCALE = (0.08, 1.0)  # Inception-style random-resized-crop
 RRC_RATIO = (3 / 4, 4 / 3)
 ARRAY_CROP_SCALE = (0.7, 1.0)  # digits: area fraction of the random crop
 SYNTHETIC_SIZE = (2048, 256)  # train, val examples of `synthetic`
 SYNTHETIC_CLASSES = 10
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt: skip it rather than train on grey
-
-
-def norm_stats(channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std in 0..255 units (ImageNet's for RGB-like inputs, 0.5/0.25 otherwise)."""
-    if channels >= 3:
-        mean = np.array([IMAGENET_MEAN[i % 3] for i in range(channels)], np.float32)
-        std = np.array([IMAGENET_STD[i % 3] for i in range(channels)], np.float32)
-    else:
-        mean, std = np.full(channels, 0.5, np.float32), np.full(channels, 0.25, np.float32)
-    return mean * 255.0, std * 255.0
 
 
 def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
@@ -73,23 +62,16 @@ def _rrc_box(rng: np.random.Generator, w: int, h: int) -> tuple[float, float, fl
     return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
 
 
-def _center_box(w: int, h: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """The box that `resize shorter side to size/EVAL_CROP, center-crop size` takes from the original."""
-    th, tw = size
-    scale = min(w / (tw / EVAL_CROP), h / (th / EVAL_CROP))  # source pixels per resized pixel
-    cw, ch = min(w, tw * scale), min(h, th * scale)
-    return (w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2
-
-
 def decode_image(path: str | Path, size: tuple[int, int], channels: int,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Decode, crop and resize one file to uint8 (H, W, channels); random crop + flip when ``rng`` is given."""
+                 rng: np.random.Generator | None = None, crop: float = EVAL_CROP) -> np.ndarray:
+    """Decode, crop and resize one file to uint8 (H, W, channels): random crop + flip when ``rng`` is
+    given, else the eval transform's center crop of fraction ``crop`` (the model's recorded one)."""
     mode = "L" if channels == 1 else "RGB"
     with Image.open(path) as im:
         im.draft(mode, (size[1], size[0]))  # JPEG: decode at a reduced scale when the image is much larger
         im = im.convert(mode)
         w, h = im.size
-        box = _rrc_box(rng, w, h) if rng is not None else _center_box(w, h, size)
+        box = _rrc_box(rng, w, h) if rng is not None else center_box(w, h, size, crop)
         im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
         if rng is not None and rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -98,7 +80,8 @@ def decode_image(path: str | Path, size: tuple[int, int], channels: int,
 
 
 class Split(ABC):
-    """Index-addressable examples: ``labels`` plus ``load(i, size, channels, rng)`` -> uint8 image or None."""
+    """Index-addressable examples: ``labels`` plus ``load(i, size, channels, rng, crop)`` -> uint8 image
+    or None. ``crop`` is the eval transform's center-crop fraction, for sources of photos."""
 
     labels: np.ndarray
 
@@ -107,7 +90,7 @@ class Split(ABC):
 
     @abstractmethod
     def load(self, i: int, size: tuple[int, int], channels: int,
-             rng: np.random.Generator | None) -> np.ndarray | None:
+             rng: np.random.Generator | None, crop: float = EVAL_CROP) -> np.ndarray | None:
         raise NotImplementedError
 
 
@@ -121,9 +104,9 @@ class FileSplit(Split):
         self._lock = threading.Lock()
 
     def load(self, i: int, size: tuple[int, int], channels: int,
-             rng: np.random.Generator | None) -> np.ndarray | None:
+             rng: np.random.Generator | None, crop: float = EVAL_CROP) -> np.ndarray | None:
         try:
-            return decode_image(self.paths[i], size, channels, rng)
+            return decode_image(self.paths[i], size, channels, rng, crop)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             with self._lock:
                 self.bad.add(i)
@@ -132,7 +115,9 @@ class FileSplit(Split):
 
 class ArraySplit(Split):
     """Small in-memory uint8 images (digits), resized once per target size. Training augmentation is a
-    mild random-resized-crop (scale 0.7-1: shifts and zooms) and never a flip (a flipped digit is another)."""
+    mild random-resized-crop (scale 0.7-1: shifts and zooms) and never a flip (a flipped digit is another).
+    Evaluation resizes the whole image (a digit fills its frame: a center crop would cut strokes off),
+    which is why such a source records crop 1.0 (``DataSource.fixed_crop``) and ignores ``crop``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images = images
@@ -149,7 +134,7 @@ class ArraySplit(Split):
             return self._cache[size]
 
     def load(self, i: int, size: tuple[int, int], channels: int,
-             rng: np.random.Generator | None) -> np.ndarray | None:
+             rng: np.random.Generator | None, crop: float = EVAL_CROP) -> np.ndarray | None:
         img = self._resized(size)[i]
         if rng is not None:
             h, w = img.shape[:2]
@@ -169,7 +154,7 @@ class SyntheticSplit(Split):
         self.labels = np.random.default_rng([seed, 1]).integers(0, classes, n).astype(np.int32)
 
     def load(self, i: int, size: tuple[int, int], channels: int,
-             rng: np.random.Generator | None) -> np.ndarray | None:
+             rng: np.random.Generator | None, crop: float = EVAL_CROP) -> np.ndarray | None:
         return np.random.default_rng([self.seed, 2, i]).integers(0, 256, (*size, channels), dtype=np.uint8)
 
 
@@ -182,6 +167,7 @@ class DataSource:
     train: Split
     val: Split
     augment: bool = True  # random-resized-crop + flip for training images
+    fixed_crop: float | None = None  # an eval transform that ignores the model's crop (digits: 1.0, whole image)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -276,7 +262,7 @@ def digits() -> DataSource:
     labels = d.target.astype(np.int32)
     tr, va = stratified_split(labels)
     return DataSource("digits", tuple(str(i) for i in range(10)), ArraySplit(images[tr], labels[tr]),
-                      ArraySplit(images[va], labels[va]))
+                      ArraySplit(images[va], labels[va]), fixed_crop=1.0)
 
 
 def synthetic(n_train: int = SYNTHETIC_SIZE[0], n_val: int = SYNTHETIC_SIZE[1],
@@ -333,12 +319,13 @@ class Loader:
     """Fixed-shape batches of one split, built ahead by background threads.
 
     Training drops the last partial batch (one compiled shape); evaluation pads it with mask 0.
+    Unaugmented images get the eval transform with center-crop fraction ``crop``.
     """
 
     def __init__(self, split: Split, *, batch: int, size: tuple[int, int], channels: int, train: bool,
                  augment: bool = True, seed: int = 0, epoch: int = 0, workers: int | None = None,
-                 prefetch: int = 4, limit: int | None = None) -> None:
-        self.split, self.batch, self.size, self.channels = split, batch, size, channels
+                 prefetch: int = 4, limit: int | None = None, crop: float = EVAL_CROP) -> None:
+        self.split, self.batch, self.size, self.channels, self.crop = split, batch, size, channels, crop
         self.train, self.augment, self.seed, self.epoch = train, augment and train, seed, epoch
         self.workers = workers or max(1, min(8, (os.cpu_count() or 1)))
         self.prefetch = max(1, prefetch)
@@ -359,7 +346,7 @@ class Loader:
         mask = np.zeros(self.batch, np.float32)
         for j, i in enumerate(idx):
             rng = example_rng(self.seed, self.epoch, int(i)) if self.augment else None
-            img = self.split.load(int(i), self.size, self.channels, rng)
+            img = self.split.load(int(i), self.size, self.channels, rng, self.crop)
             if img is not None:
                 images[j], labels[j], mask[j] = img, self.split.labels[i], 1.0
         return Batch(images, labels, mask)

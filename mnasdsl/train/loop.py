@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .. import preprocess
 from ..diagnostics import MnasError
 from ..formatter import format as format_ir
 from ..ir import Network
@@ -412,19 +413,26 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
         recal = recalibrate_bn
 
     spec = format_ir(network)
-    # The input normalization: what the --init weights expect (an import's TF-style 127/128), what a
-    # resumed run used, else mnasdsl's default. It is recorded so eval, predict and exports apply it.
+    # The input preprocessing: what the --init weights expect (an import's TF-style 127/128 and its
+    # published crop), what a resumed run used, else mnasdsl's default. It is recorded so eval,
+    # predict and exports apply the same; a source with a fixed eval transform (digits) says so.
     h0, w0, c0 = network.input
-    norm = ck.norm_of(ck.find_preprocess(init), c0) if init is not None and not resume else None
     if resume and out_dir is not None and ck.epoch_dirs(out_dir):
-        norm = ck.norm_of(ck.read_meta(ck.epoch_dirs(out_dir)[-1][1]).get("preprocess"), c0)
-    mean0, std0 = norm if norm is not None else norm_stats(c0)
+        last = ck.epoch_dirs(out_dir)[-1][1]
+        try:
+            pre = preprocess.resolve(ck.read_meta(last).get("preprocess"), (h0, w0), c0, where=str(last))
+        except ValueError as e:
+            raise MnasError(f"{last / 'meta.json'}: invalid {e}") from None
+    else:
+        pre = ck.load_preprocess(init, (h0, w0), c0)
+    if source.fixed_crop is not None:
+        pre = pre.model_copy(update={"crop": source.fixed_crop})
+    mean0, std0 = pre.norm
     run_meta = {"spec": spec, "network": network.name, "classes": list(source.class_names), "recipe": recipe,
                 "batch": tb, "seed": seed, "lr": lr, "data": _data_id(source.name),
                 "data_size": [n_train, len(source.val)], "epochs": epochs, "input": list(network.input),
                 "signature": repr(lower(network).signature()), "freeze_backbone": freeze_backbone,
-                "preprocess": {"size": [h0, w0], "crop": EVAL_CROP, "mean": [float(v) for v in mean0],
-                               "std": [float(v) for v in std0]}}
+                "preprocess": pre.model_dump(mode="json", exclude={"channels"})}
     start_epoch, history = 0, []
     if out_dir is not None:
         ck.check_writable(out_dir)
@@ -528,11 +536,12 @@ def fit(network: Network, data: str | DataSource, *, epochs: int, batch: int = 6
             if not (final_eval_only and epoch + 1 < epochs):
                 if recal:
                     rl = Loader(source.train, batch=tb, size=(h, w), channels=c, train=True, augment=False,
-                                seed=seed, epoch=1_000_000 + epoch, workers=workers, limit=RECALIBRATE_BATCHES)
+                                seed=seed, epoch=1_000_000 + epoch, workers=workers, limit=RECALIBRATE_BATCHES,
+                                crop=pre.crop)
                     eval_bs = trainer.recalibrate(rl)
                 vb = _eval_batch(tb, trainer.n_dev)
                 va = trainer.evaluate(Loader(source.val, batch=vb, size=(h, w), channels=c, train=False,
-                                             workers=workers), eval_bs)
+                                             workers=workers, crop=pre.crop), eval_bs)
             bad = source.corrupt_count()
             if bad > reported_bad:
                 log(f"warning: skipped {bad} corrupt or unreadable image(s) so far")
@@ -722,9 +731,10 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 def evaluate_model(model: nnx.Module, split: Split, *, size: tuple[int, int], channels: int,
                    batch: int = 128, workers: int | None = None,
-                   norm: tuple[Any, Any] | None = None) -> dict[str, float]:
-    """Top-1/top-5 accuracy and loss of a model over a split (eval transform). ``norm`` is the
-    (mean, std) the weights expect, in 0..255 units (default: what mnasdsl's training uses)."""
+                   norm: tuple[Any, Any] | None = None, crop: float = EVAL_CROP) -> dict[str, float]:
+    """Top-1/top-5 accuracy and loss of a model over a split (eval transform with the weights' recorded
+    center-crop fraction ``crop``). ``norm`` is the (mean, std) the weights expect, in 0..255 units
+    (default: what mnasdsl's training uses)."""
     graphdef, state = nnx.split(model)
     mean, std = norm if norm is not None else norm_stats(channels)
 
@@ -733,5 +743,5 @@ def evaluate_model(model: nnx.Module, split: Split, *, size: tuple[int, int], ch
         logits = nnx.merge(graphdef, state)((images.astype(jnp.float32) - mean) / std, train=False)
         return _eval_metrics(logits, labels, mask)
 
-    loader = Loader(split, batch=batch, size=size, channels=channels, train=False, workers=workers)
+    loader = Loader(split, batch=batch, size=size, channels=channels, train=False, workers=workers, crop=crop)
     return _finish([step(state, b.images, b.labels, b.mask) for b in loader])
