@@ -89,13 +89,14 @@ class Kit:
         for _, low in nets:
             for ly in low.layers:
                 self.layers.setdefault(op_key(ly), ly)
-        self.op_file = {k: f"op_{i:04d}.tflite" for i, k in enumerate(self.layers)}
-        self.net_file = [f"net_{i}.tflite" for i in range(len(nets))]
-        models = [KitModel(f"op_{i:04d}", b"TFL3" + bytes([i % 256]), "op", key=k, input_shape=ly.in_shape)
-                  for i, (k, ly) in enumerate(self.layers.items())]
-        models += [KitModel(f"net_{i}", b"TFL3net", "network", spec=spec, input_shape=low.input_shape)
-                   for i, (spec, low) in enumerate(nets)]
-        write_kit(root, models, converter="ai-edge-torch 0.2.0", runtime="LiteRT 1.0.1")
+        ops = [KitModel(f"op_{i:04d}", b"TFL3" + bytes([i % 256]), "op", key=k, input_shape=ly.in_shape)
+               for i, (k, ly) in enumerate(self.layers.items())]
+        net_models = [KitModel(f"net_{i}", b"TFL3net", "network", spec=spec, input_shape=low.input_shape)
+                      for i, (spec, low) in enumerate(nets)]
+        # file names end in the model's sha256 prefix: op_0000-1a2b3c4d.tflite
+        self.op_file = {m.key: m.file for m in ops if m.key is not None}
+        self.net_file = [m.file for m in net_models]
+        write_kit(root, ops + net_models, converter="ai-edge-torch 0.2.0", runtime="LiteRT 1.0.1")
 
     def log(self, file: str, avg_us: float, name: str | None = None, **kw: object) -> Path:
         self.logs.mkdir(exist_ok=True)
@@ -298,7 +299,7 @@ def test_no_networks_no_calibration(kit: Kit) -> None:
 def test_write_kit_manifest_and_script(kit: Kit) -> None:
     man = json.loads((kit.root / "manifest.json").read_text())
     assert (man["format"], man["version"], man["converter"], man["runtime"]) == (
-        "mnasdsl-phone-kit", 1, "ai-edge-torch 0.2.0", "LiteRT 1.0.1")
+        "mnasdsl-phone-kit", 2, "ai-edge-torch 0.2.0", "LiteRT 1.0.1")
     assert (man["threads"], man["num_runs"], man["warmup_runs"], man["batch"]) == (1, 50, 10, 1)
     rows = {r["file"]: r for r in man["models"]}
     assert set(rows) == set(kit.op_file.values()) | set(kit.net_file)
@@ -309,7 +310,8 @@ def test_write_kit_manifest_and_script(kit: Kit) -> None:
 
     assert rows[f]["sha256"] == hashlib.sha256(data).hexdigest()
     assert rows[f]["input_shape"] == list(kit.layers[k].in_shape)
-    assert rows["net_0.tflite"]["spec"] == kit.nets[0][0] and "key" not in rows["net_0.tflite"]
+    net0 = kit.net_file[0]
+    assert rows[net0]["spec"] == kit.nets[0][0] and "key" not in rows[net0]
     assert len(read_manifest(kit.root / "manifest.json").models) == len(rows)
     script = kit.root / "run_on_device.sh"
     text = script.read_text()
@@ -346,13 +348,13 @@ def test_write_kit_never_overwrites_a_foreign_directory(tmp_path: Path, kit: Kit
         write_kit(afile, [model], converter="c", runtime="r")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert write_kit(empty, [model], converter="c", runtime="r") == empty and (empty / "manifest.json").is_file()
-    # An existing kit is replaced whole: no stale model or log of the old kit survives.
+    assert write_kit(empty, [model], converter="c", runtime="r").path == empty and (empty / "manifest.json").is_file()
+    # With force, an existing kit is replaced whole: no stale model or log of the old kit survives.
     kit.log_ops()
-    write_kit(kit.root, [model], converter="c2", runtime="r2", threads=4)
+    write_kit(kit.root, [model], converter="c2", runtime="r2", threads=4, force=True)
     assert sorted(p.name for p in kit.root.iterdir()) == ["README.txt", "manifest.json", "models",
                                                           "run_on_device.sh"]
-    assert [p.name for p in (kit.root / "models").iterdir()] == ["op_0.tflite"]
+    assert [p.name for p in (kit.root / "models").iterdir()] == [model.file]
     assert read_manifest(kit.root / "manifest.json").threads == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
@@ -387,11 +389,12 @@ def test_cli_import_benchmark_model(capsys, kit: Kit, tmp_path: Path) -> None:  
     assert f"{len(kit.layers) - 2} ops measured" in err and "2 ops missing" in err and all(k in err for k in gone)
     assert "3 networks calibrated" in err and "MAPE" in err
     # broken input: exit 1, a diagnostic naming the file, no traceback
-    log = kit.logs / "op_0005.log"
+    stem = list(kit.op_file.values())[5].removesuffix(".tflite")
+    log = kit.logs / f"{stem}.log"
     log.write_text("\n".join(log.read_text().splitlines()[:12]) + "\n")
     assert main(["lut", "import", "benchmark-model", str(kit.logs), "-o", str(tmp_path / "x.json")]) == 1
     err = capsys.readouterr().err
-    assert "op_0005.log:12:1: error: truncated" in err and "Traceback" not in err
+    assert f"{stem}.log:12:1: error: truncated" in err and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
     assert main(["lut", "import", "benchmark-model", str(tmp_path / "nowhere"), "-o", str(out)]) == 1
     assert "Traceback" not in capsys.readouterr().err
@@ -457,15 +460,16 @@ def test_run_on_device_script_with_a_fake_adb(kit: Kit, tmp_path: Path) -> None:
     adb.chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "FAKE_ADB_LOG": str(calls),
-           "ADB_SERIAL": "emulator-5554", "CPU_MASK": "f0", "FAKE_ADB_FAIL": "net_1.tflite"}
+           "ADB_SERIAL": "emulator-5554", "CPU_MASK": "f0", "FAKE_ADB_FAIL": kit.net_file[1]}
     run = subprocess.run(["bash", str(kit.root / "run_on_device.sh")], env=env, capture_output=True, text=True)
     assert run.returncode == 1 and "1 model(s) failed" in run.stderr
-    assert (kit.logs / "net_1.log.part").exists() and not (kit.logs / "net_1.log").exists()
+    net1 = kit.net_file[1].removesuffix(".tflite")
+    assert (kit.logs / f"{net1}.log.part").exists() and not (kit.logs / f"{net1}.log").exists()
     lines = calls.read_text().splitlines()
     assert all(line.startswith("-s emulator-5554 ") for line in lines)
     assert any("taskset f0 /data/local/tmp/benchmark_model --graph=" in line for line in lines)
     lut, rep = import_logs(kit.logs)
-    assert rep.missing == [] and rep.missing_networks == ["net_1.tflite"] and lut.device == "Pixel 7"
+    assert rep.missing == [] and rep.missing_networks == [kit.net_file[1]] and lut.device == "Pixel 7"
     assert lut.provenance["cpu_mask"] == "f0" and len(rep.networks) == 2
     # a rerun times only what is missing
     calls.write_text("")
@@ -473,6 +477,6 @@ def test_run_on_device_script_with_a_fake_adb(kit: Kit, tmp_path: Path) -> None:
     run = subprocess.run(["bash", str(kit.root / "run_on_device.sh")], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     timed = [line for line in calls.read_text().splitlines() if "--graph=" in line]
-    assert len(timed) == 1 and "net_1.tflite" in timed[0]
+    assert len(timed) == 1 and kit.net_file[1] in timed[0]
     _, rep = import_logs(kit.logs)
     assert rep.missing_networks == [] and len(rep.networks) == 3

@@ -58,7 +58,13 @@ def register(sub: Any) -> None:
                    help="litert: interpreter threads (default 1, as the Pixel-1 tables: one big core)")
     p.add_argument("--export-ops", metavar="DIR",
                    help="litert: instead of timing here, write the on-phone kit: one .tflite per op signature (and "
-                        "the --calibrate networks), manifest.json and run_on_device.sh (adb + benchmark_model)")
+                        "the --calibrate networks), manifest.json and run_on_device.sh (adb + benchmark_model). "
+                        "Into an existing kit: the logs in DIR/logs/ of models that are unchanged byte for byte are "
+                        "kept, and the export is refused if any other log would be lost (see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --export-ops into an existing kit: remove the logs in DIR/logs/ whose models the new "
+                        "kit no longer holds byte for byte (changed, renumbered, or from an older mnasdsl) instead "
+                        "of refusing; logs of unchanged models are kept either way")
     p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default 1)")
     p.add_argument("--repeats", type=positive_int, default=10, metavar="N", help="timed runs per op (median; 10)")
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed runs after compiling (default 2)")
@@ -412,6 +418,8 @@ def _check_profile_args(args: argparse.Namespace) -> None:
             raise UsageError("--export-ops writes a kit to run elsewhere; -o (a table timed here) does not apply")
     elif not args.output:
         raise UsageError("pass -o LUT.json (or --export-ops DIR with --runtime litert)")
+    if args.force and not args.export_ops:
+        raise UsageError("--force goes with --export-ops (it lets a re-export remove the kit's stale logs)")
     if args.runtime == "litert" and args.clock == "cpu" and args.threads != 1:
         raise UsageError("--clock cpu counts every thread's CPU time: use it with --threads 1")
 
@@ -458,12 +466,37 @@ def _export_ops(args: argparse.Namespace) -> int:
             models.append(KitModel(f"net_{j:03d}", litert.network_tflite(low, batch=args.batch), "network",
                                    spec=format_ir(net), input_shape=low.input_shape, batch=args.batch))
             bar.advance(task)
-    path = write_kit(args.export_ops, models, converter=tflite.converter_version(),
+    done = write_kit(args.export_ops, models, converter=tflite.converter_version(),
                      runtime=f"LiteRT benchmark_model, XNNPACK, {args.threads} thread(s)", threads=args.threads,
-                     num_runs=max(args.repeats, 50), warmup_runs=max(args.warmup, 10), batch=args.batch)
-    stderr_console().print(f"wrote {path}: {len(items)} op models, {len(cal_nets)} calibration networks, "
-                           f"manifest.json, run_on_device.sh (see README.txt there)")
+                     num_runs=max(args.repeats, 50), warmup_runs=max(args.warmup, 10), batch=args.batch,
+                     force=args.force)
+    err = stderr_console()
+    err.print(f"wrote {done.path}: {len(items)} op models, {len(cal_nets)} calibration networks, "
+              f"manifest.json, run_on_device.sh (see README.txt there)", highlight=False, markup=False)
+    for line in _kit_log_lines(done):
+        err.print(line, highlight=False, markup=False)
     return 0
+
+
+def _kit_log_lines(done: Any) -> list[str]:
+    """What a re-export did with the old kit's logs: phone time is never dropped without saying so."""
+    if not done.replaced:
+        return []
+    if not done.kept and not done.removed:
+        return ["replaced the kit there (it held no logs)"]
+
+    def names(xs: tuple[str, ...]) -> str:
+        return ", ".join(xs[:10]) + (f", ... ({len(xs) - 10} more)" if len(xs) > 10 else "")
+
+    logs = done.path / "logs"
+    out = []
+    if done.kept:
+        out.append(f"kept {len(done.kept)} logs in {logs} (their models are unchanged): {names(done.kept)}")
+    else:
+        out.append("kept 0 logs of the old kit")
+    if done.removed:
+        out.append(f"removed {len(done.removed)} stale entries of the old kit's logs/ (--force): {names(done.removed)}")
+    return out
 
 
 def _calibrate(table: Any, cal_nets: list[tuple[Network, LoweredNetwork]], ms: list[float], terms: list[str],

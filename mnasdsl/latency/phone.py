@@ -7,7 +7,10 @@ become entries, network logs calibrate the global terms, ops without a log are p
 fallback model fitted on the measured ones (and listed, never dropped).
 
 The model bytes come from the exporter; nothing here parses them. Logs are matched to the
-manifest by the ``Graph: [PATH]`` line benchmark_model prints, so renaming a log is harmless.
+manifest by the ``Graph: [PATH]`` line benchmark_model prints, so renaming a log is harmless. Every
+file name ends in the first 8 hex digits of the model's sha256 (``op_0003-1a2b3c4d.tflite``) and
+the script heads each log with the full sha256, so a log can only match the very bytes it timed:
+logs of another kit, or of an earlier export of this one, are refused rather than misread.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, NamedTuple
 
@@ -27,13 +33,17 @@ from .lut import _KEY, MAX_NUMBER, Entry, Lut
 from .model import MIN_FIT_MS
 
 KIT_FORMAT = "mnasdsl-phone-kit"
-KIT_VERSION = 1
+KIT_VERSION = 2  # 2: file names carry the model's sha256 prefix, logs are headed with the full sha256
+READ_VERSIONS = (1, 2)  # 1: names by position only; its logs are accepted from the kit's own logs/ alone
 DEVICE_DIR = "/data/local/tmp/mnasdsl_kit"
 DEFAULT_BENCHMARK_MODEL = "/data/local/tmp/benchmark_model"
 LOG_SUFFIXES = (".log", ".txt")
 
 Kind = Literal["op", "network"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HASHED_FILE = re.compile(r"^(.+)-([0-9a-f]{8})\.tflite$")  # a format-2 file name: NAME-SHA8.tflite
+SHA_PREFIX = 8  # hex digits of the sha256 in a file name: 32 bits tell kits apart, the log header checks all 256
 
 
 # -- the kit ----------------------------------------------------------------------------------
@@ -50,9 +60,14 @@ class KitModel:
     input_shape: tuple[int, int, int] = (1, 1, 1)  # H, W, C
     batch: int = 1
 
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
     @property
     def file(self) -> str:
-        return f"{self.name}.tflite"
+        """``NAME-SHA8.tflite``: the name alone (a position) would let another kit's log match."""
+        return f"{self.name}-{self.sha256[:SHA_PREFIX]}.tflite"
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ class Manifest:
     warmup_runs: int
     batch: int
     models: tuple[ManifestModel, ...]
+    version: int = KIT_VERSION
 
     def to_json(self) -> dict[str, Any]:
         rows = []
@@ -89,7 +105,7 @@ class Manifest:
                 row["spec"] = m.spec
             row.update({"input_shape": list(m.input_shape), "batch": m.batch, "bytes": m.bytes, "sha256": m.sha256})
             rows.append(row)
-        return {"format": KIT_FORMAT, "version": KIT_VERSION, "converter": self.converter, "runtime": self.runtime,
+        return {"format": KIT_FORMAT, "version": self.version, "converter": self.converter, "runtime": self.runtime,
                 "threads": self.threads, "num_runs": self.num_runs, "warmup_runs": self.warmup_runs,
                 "batch": self.batch, "device_dir": DEVICE_DIR, "models": rows}
 
@@ -161,13 +177,140 @@ def _run_order(models: list[KitModel]) -> list[KitModel]:
     return out
 
 
+@dataclass(frozen=True)
+class KitWrite:
+    """What ``write_kit`` wrote, and what became of the logs of the kit it replaced (names in ``logs/``)."""
+
+    path: Path
+    replaced: bool = False  # an existing kit was replaced
+    kept: tuple[str, ...] = ()  # logs of models byte-identical in the new kit: carried into it
+    removed: tuple[str, ...] = ()  # the rest of the old logs/ (only ever with force=True)
+
+
+class _Stale(NamedTuple):
+    name: str  # entry of logs/
+    why: str
+
+
+_SCAN_BYTES = 1 << 20  # benchmark_model prints its parameters (the graph) first; a log is a few KB
+
+
+class _LogId(NamedTuple):
+    graph: str | None  # the kit file it timed
+    sha256: str | None  # as its header records it
+    threads: int | None  # as benchmark_model printed it
+
+
+def _log_model(p: Path) -> _LogId:
+    """Which model a log (or a failed run's ``.part``) timed, read leniently: a truncated log still
+    names its model, by its ``Graph:`` line or else its file name."""
+    try:
+        with open(p, "rb") as f:
+            text = f.read(_SCAN_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return _LogId(None, None, None)
+    graph = sha = None
+    threads: int | None = None
+    for line in text.splitlines():
+        if m := _HEADER.match(line):
+            if m.group(1).lower() == "sha256":
+                sha = m.group(2).strip().lower()
+        elif graph is None and (m := _GRAPH.search(line)) and m.group(1).strip():
+            graph = PurePosixPath(m.group(1).strip()).name
+        elif threads is None and (m := _THREADS.search(line) or _THREADS_USED.search(line)):
+            threads = int(m.group(1)) if m.group(1).strip().isdigit() else None
+    if graph is None:
+        stem = p.name.removesuffix(".part")
+        graph = next((stem[: -len(s)] + ".tflite" for s in LOG_SUFFIXES if stem.endswith(s)), None)
+    return _LogId(graph, sha, threads)
+
+
+def _listing(logs: Path) -> tuple[str, ...] | None:
+    """The names in ``logs/``: None if there is none, ``("",)`` if it is not a plain directory."""
+    if not logs.exists() and not logs.is_symlink():
+        return None
+    if logs.is_symlink() or not logs.is_dir():
+        return ("",)
+    try:
+        return tuple(sorted(p.name for p in logs.iterdir()))
+    except OSError as e:
+        raise MnasError(f"cannot read the kit's logs: {e.strerror or e}; not replacing the kit",
+                        path=str(logs)) from None
+
+
+def _plan_logs(target: Path, new: Manifest) -> tuple[list[str], list[_Stale]]:
+    """Which entries of the old kit's ``logs/`` timed a model the new kit holds byte for byte, with
+    the thread count it asks for (kept), and which would be orphaned (stale), each with the reason.
+    (A change of ``num_runs`` keeps a log: the table records each entry's own run count.)"""
+    logs = target / "logs"
+    listing = _listing(logs)
+    if listing is None:
+        return [], []
+    if listing == ("",):
+        return [], [_Stale("logs", "a symbolic link or not a directory")]
+    try:
+        old_man: Manifest | None = read_manifest(target / "manifest.json")
+    except MnasError:
+        old_man = None
+    old = {m.file: m.sha256 for m in old_man.models} if old_man else {}
+    want = {m.file: m.sha256 for m in new.models}
+    kept: list[str] = []
+    stale: list[_Stale] = []
+    for name in listing:
+        p = logs / name
+        if p.is_symlink() or not p.is_file():
+            stale.append(_Stale(name, "not a regular file"))
+            continue
+        if not name.removesuffix(".part").endswith(LOG_SUFFIXES):
+            stale.append(_Stale(name, "not a log"))
+            continue
+        graph, sha, threads = _log_model(p)
+        if threads is None and old_man is not None:
+            threads = old_man.threads
+        if graph is None:
+            stale.append(_Stale(name, "names no model"))
+        elif graph not in want:
+            stale.append(_Stale(name, f"its model {graph} is not in the new kit"))
+        elif (sha or old.get(graph)) != want[graph]:
+            stale.append(_Stale(name, f"its model {graph} differs in the new kit"))
+        elif threads != new.threads:
+            how = f"timed with {threads} thread(s)" if threads is not None else "its thread count is unknown"
+            stale.append(_Stale(name, f"{how}, the new kit asks for {new.threads}"))
+        else:
+            kept.append(name)
+    return kept, stale
+
+
+def _refuse_stale(logs: Path, kept: list[str], stale: list[_Stale]) -> MnasError:
+    shown = "; ".join(f"{s.name} ({s.why})" for s in stale[:10])
+    more = f"; and {len(stale) - 10} more" if len(stale) > 10 else ""
+    keep = f"; the {len(kept)} logs of unchanged models are kept either way" if kept else ""
+    return MnasError(
+        f"re-exporting the kit would orphan {len(stale)} of the {len(kept) + len(stale)} entries of its logs/, "
+        f"which no longer fit the new kit (a model is gone when it changed, was renumbered, or the old kit was "
+        f"written by an older mnasdsl): {shown}{more}. Nothing was changed. Import them first (mnasdsl lut import "
+        f"benchmark-model {logs} -o phone.json), move the folder aside, or pass --force to remove them{keep}",
+        path=str(logs))
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """A kept log into the staged kit: a hard link (same bytes, same mtime, nothing copied), or a copy
+    where the file system has none. The old kit keeps its own until the swap."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def write_kit(directory: str | Path, models: list[KitModel] | tuple[KitModel, ...], *, converter: str,
-              runtime: str, threads: int = 1, num_runs: int = 50, warmup_runs: int = 10, batch: int = 1) -> Path:
+              runtime: str, threads: int = 1, num_runs: int = 50, warmup_runs: int = 10, batch: int = 1,
+              force: bool = False) -> KitWrite:
     """Write ``DIR/models/*.tflite``, ``DIR/manifest.json``, ``DIR/run_on_device.sh`` and ``DIR/README.txt``.
 
     The directory is staged beside the target and renamed into place, so a kill leaves the old
-    kit or the new one. An existing kit is replaced (with any logs in it: they belong to the old
-    models); any other non-empty directory, or a file, is never touched."""
+    kit or the new one. An existing kit is replaced, but its logs are phone time: those of models the
+    new kit holds byte for byte move into it, and if any other entry of ``logs/`` would be lost the
+    export is refused unless ``force``. Any other non-empty directory, or a file, is never touched."""
     target = Path(directory)
     for name, v, lo in (("threads", threads, 1), ("num_runs", num_runs, 1), ("warmup_runs", warmup_runs, 0),
                         ("batch", batch, 1)):
@@ -198,22 +341,41 @@ def write_kit(directory: str | Path, models: list[KitModel] | tuple[KitModel, ..
     ordered = _run_order(models)
     manifest = Manifest(converter, runtime, threads, num_runs, warmup_runs, batch, tuple(
         ManifestModel(m.file, m.kind, m.key, m.spec, (m.input_shape[0], m.input_shape[1], m.input_shape[2]), m.batch,
-                      len(m.data), hashlib.sha256(m.data).hexdigest()) for m in ordered))
+                      len(m.data), m.sha256) for m in ordered))
+    replaced = target.is_dir() and _is_kit(target)
+    old_logs = target / "logs"
+    before = _listing(old_logs) if replaced else None
+    kept, stale = _plan_logs(target, manifest) if replaced else ([], [])
+    if stale and not force:
+        raise _refuse_stale(old_logs, kept, stale)
     with staged_dir(target) as tmp:
         (tmp / "models").mkdir()
         for m in ordered:
             (tmp / "models" / m.file).write_bytes(bytes(m.data))
+        if kept:
+            (tmp / "logs").mkdir()
+            for name in kept:
+                _carry(old_logs / name, tmp / "logs" / name)
+            shutil.copystat(old_logs, tmp / "logs")
+        if replaced and _listing(old_logs) != before:  # run_on_device.sh still writing? nothing is lost then
+            raise MnasError("the kit's logs/ changed while the new kit was being written (is run_on_device.sh "
+                            "running?); nothing was changed: export again when it is done", path=str(old_logs))
         (tmp / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1) + "\n", encoding="utf-8")
         script = tmp / "run_on_device.sh"
         script.write_text(_script(manifest), encoding="utf-8")
         mode = script.stat().st_mode
         script.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it (the umask's choice)
         (tmp / "README.txt").write_text(_readme(manifest), encoding="utf-8")
-    return target
+    return KitWrite(target, replaced, tuple(kept), tuple(s.name for s in stale))
 
 
 def _script(man: Manifest) -> str:
+    """The bash script that times the kit over adb. Every path it builds is quoted, and nothing is
+    pasted into a pattern substitution: the kit may sit under any directory name (a space, ``&``,
+    ``'``, ``$``, ``*`` or a backslash; bash 5.2 reads ``&`` in a replacement as the match). What
+    runs on the phone goes through the phone's shell, so the one user-given word there is quoted."""
     files = "\n".join(f"  {m.file}" for m in man.models)
+    shas = "\n".join(f"  {m.sha256}" for m in man.models)
     cmd = (f"--graph={DEVICE_DIR}/$f --num_threads={man.threads} --use_xnnpack=true "
            f"--num_runs={man.num_runs} --warmup_runs={man.warmup_runs}")
     return f"""#!/usr/bin/env bash
@@ -236,7 +398,7 @@ def _script(man: Manifest) -> str:
 # Logs already in logs/ are kept: after an interruption, run it again to time only the rest.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+HERE="$(CDPATH='' cd -- "$(dirname -- "${{BASH_SOURCE[0]}}")" && pwd)"
 BENCHMARK_MODEL="${{BENCHMARK_MODEL:-{DEFAULT_BENCHMARK_MODEL}}}"
 CPU_MASK="${{CPU_MASK:-}}"
 PAUSE="${{PAUSE:-0}}"
@@ -244,8 +406,17 @@ LOGS="$HERE/logs"
 MODELS=(
 {files}
 )
+SHA256=(
+{shas}
+)
 
 die() {{ echo "run_on_device.sh: $*" >&2; exit 1; }}
+# One word for the phone's shell (adb shell hands it a command line): 'quoted' unless plainly safe.
+sq() {{
+  if [[ "$1" =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then printf '%s' "$1"; return; fi
+  local s=${{1//\\'/\\'\\\\\\'\\'}}
+  printf "'%s'" "$s"
+}}
 
 command -v adb >/dev/null 2>&1 || die "adb not found: install Android platform-tools and put adb on PATH"
 ADB=(adb)
@@ -253,7 +424,8 @@ if [[ -n "${{ADB_SERIAL:-}}" ]]; then ADB+=(-s "$ADB_SERIAL"); fi
 state="$("${{ADB[@]}}" get-state 2>/dev/null || true)"
 [[ "$state" == device ]] ||
   die "no phone ready (adb get-state: ${{state:-none}}); connect one, allow USB debugging, or set ADB_SERIAL"
-ok="$("${{ADB[@]}}" shell "[ -x '$BENCHMARK_MODEL' ] && echo ok" </dev/null | tr -d '\\r' || true)"
+BM="$(sq "$BENCHMARK_MODEL")"
+ok="$("${{ADB[@]}}" shell "[ -x $BM ] && echo ok" </dev/null | tr -d '\\r' || true)"
 [[ "$ok" == ok ]] ||
   die "$BENCHMARK_MODEL is not an executable on the phone: push LiteRT's benchmark_model (see the top of this script)"
 PIN=""
@@ -263,31 +435,33 @@ if [[ -n "$CPU_MASK" ]]; then
 fi
 [[ "$PAUSE" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "PAUSE must be a number of seconds, got $PAUSE"
 
-prop() {{ "${{ADB[@]}}" shell getprop "$1" </dev/null | tr -d '\\r'; }}
+prop() {{ "${{ADB[@]}}" shell getprop "$1" </dev/null | tr -d '\\r\\n'; }}
 DEVICE="$(prop ro.product.model)"
 SOC="$(prop ro.board.platform)"
 ANDROID="$(prop ro.build.version.release)"
 
 echo "pushing ${{#MODELS[@]}} models to {DEVICE_DIR}/ on $DEVICE ($SOC, Android $ANDROID)" >&2
 "${{ADB[@]}}" shell mkdir -p {DEVICE_DIR} </dev/null
-"${{ADB[@]}}" push "${{MODELS[@]/#/$HERE/models/}}" {DEVICE_DIR}/ >/dev/null
+paths=()
+for f in "${{MODELS[@]}}"; do paths+=("$HERE/models/$f"); done
+"${{ADB[@]}}" push "${{paths[@]}}" {DEVICE_DIR}/ >/dev/null
 
 mkdir -p "$LOGS"
 failed=0
-i=0
-for f in "${{MODELS[@]}}"; do
-  i=$((i + 1))
+for i in "${{!MODELS[@]}}"; do
+  f="${{MODELS[i]}}"
   log="$LOGS/${{f%.tflite}}.log"
   [[ -s "$log" ]] && continue
-  echo "[$i/${{#MODELS[@]}}] $f" >&2
+  echo "[$((i + 1))/${{#MODELS[@]}}] $f" >&2
   if {{
+    echo "# mnasdsl-kit sha256: ${{SHA256[i]}}"
     echo "# mnasdsl-kit device: $DEVICE"
     echo "# mnasdsl-kit soc: $SOC"
     echo "# mnasdsl-kit android: $ANDROID"
     echo "# mnasdsl-kit cpu_mask: ${{CPU_MASK:-none}}"
-    "${{ADB[@]}}" shell "${{PIN}}$BENCHMARK_MODEL {cmd}" </dev/null 2>&1 | tr -d '\\r'
+    "${{ADB[@]}}" shell "${{PIN}}$BM {cmd}" </dev/null 2>&1 | tr -d '\\r'
   }} >"$log.part"; then
-    mv "$log.part" "$log"
+    mv -- "$log.part" "$log"
   else
     failed=$((failed + 1))
     echo "  failed: see $log.part" >&2
@@ -296,11 +470,11 @@ for f in "${{MODELS[@]}}"; do
 done
 
 if ((failed)); then
-  die "$failed model(s) failed (see logs/*.part): run again to retry them, or import without them" \
+  die "$failed model(s) failed (see logs/*.part): run again to retry them, or import without them" \\
     "(they are then priced by the model)"
 fi
 echo "done: logs in $LOGS; import them with" >&2
-echo "  mnasdsl lut import benchmark-model \\"$LOGS\\" -o phone.json --manifest \\"$HERE/manifest.json\\"" >&2
+printf '  mnasdsl lut import benchmark-model %q -o phone.json --manifest %q\\n' "$LOGS" "$HERE/manifest.json" >&2
 """
 
 
@@ -313,7 +487,10 @@ def _readme(man: Manifest) -> str:
 {n_ops} isolated ops (one .tflite per distinct op signature) and {n_nets} whole calibration
 network(s) in models/, made with {man.converter} for {man.runtime}; timed with {man.threads} thread(s),
 {man.num_runs} runs after {man.warmup_runs} warm-up runs, batch {man.batch}. manifest.json says which
-file is which op (its latency-table key) or network (its .mnas spec).
+file is which op (its latency-table key) or network (its .mnas spec). Each file name ends in the first
+8 hex digits of its sha256, and each log is headed with the full sha256, so the import accepts a log
+only for the very model it timed. Exporting into this directory again keeps the logs of models that
+are unchanged byte for byte and refuses to drop any other log unless given --force.
 
 Route 1: an Android phone (adb)
 -------------------------------
@@ -355,8 +532,10 @@ def read_manifest(path: str | Path) -> Manifest:
         raise MnasError(f"corrupt kit manifest: {e}", path=p) from None
     if not isinstance(obj, dict) or obj.get("format") != KIT_FORMAT:
         raise MnasError(f"not a phone kit manifest (expected format {KIT_FORMAT!r})", path=p)
-    if obj.get("version") != KIT_VERSION:
-        raise MnasError(f"phone kit version {obj.get('version')!r} (this mnasdsl reads version {KIT_VERSION})", path=p)
+    version = obj.get("version")
+    if isinstance(version, bool) or version not in READ_VERSIONS:
+        raise MnasError(f"phone kit version {version!r} (this mnasdsl reads versions "
+                        f"{', '.join(map(str, READ_VERSIONS))})", path=p)
 
     def integer(o: dict[str, Any], name: str, lo: int, where: str) -> int:
         v = o.get(name)
@@ -381,8 +560,12 @@ def read_manifest(path: str | Path) -> Manifest:
         if not isinstance(r, dict):
             raise MnasError(f"{where}expected an object", path=p)
         file = text(r, "file", where)
-        if not file.endswith(".tflite") or not _NAME.match(file[: -len(".tflite")]) or file in files:
-            raise MnasError(f"{where}bad or repeated file name {file!r}", path=p)
+        hashed = _HASHED_FILE.match(file) if version >= 2 else None
+        stem = hashed.group(1) if hashed else file.removesuffix(".tflite")
+        if (not file.endswith(".tflite") or not _NAME.match(stem) or file in files
+                or (version >= 2 and hashed is None)):
+            raise MnasError(f"{where}bad or repeated file name {file!r}"
+                            f"{' (format 2 names end in -SHA8.tflite)' if version >= 2 else ''}", path=p)
         files.add(file)
         kind = r.get("kind")
         key = spec = None
@@ -400,13 +583,17 @@ def read_manifest(path: str | Path) -> Manifest:
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
             raise MnasError(f"{where}`input_shape` must be three positive integers", path=p)
         sha = text(r, "sha256", where)
+        if version >= 2 and (not _SHA256.match(sha) or hashed is None or sha[:SHA_PREFIX] != hashed.group(2)):
+            raise MnasError(f"{where}`sha256` must be 64 lowercase hex digits that {file!r} ends with (its first "
+                            f"{SHA_PREFIX}), got {sha!r}", path=p)
         models.append(ManifestModel(file, kind, key, spec, (shape[0], shape[1], shape[2]),
                                     integer(r, "batch", 1, where), integer(r, "bytes", 0, where), sha))
     batch = integer(obj, "batch", 1, "")
     if any(m.batch != batch for m in models):
         raise MnasError(f"models of several batch sizes in one kit (the kit says batch {batch})", path=p)
     return Manifest(text(obj, "converter", ""), text(obj, "runtime", ""), integer(obj, "threads", 1, ""),
-                    integer(obj, "num_runs", 1, ""), integer(obj, "warmup_runs", 0, ""), batch, tuple(models))
+                    integer(obj, "num_runs", 1, ""), integer(obj, "warmup_runs", 0, ""), batch, tuple(models),
+                    version)
 
 
 # -- parsing benchmark_model logs -------------------------------------------------------------
@@ -443,8 +630,13 @@ class BenchLog:
     def android(self) -> str | None:
         return self.header.get("android") or None
 
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the model run_on_device.sh pushed for this run (format 2 kits)."""
+        return self.header.get("sha256", "").strip().lower() or None
 
-_HEADER = re.compile(r"^\s*#\s*mnasdsl-kit\s+([A-Za-z_]+):[ \t]?(.*?)\s*$")
+
+_HEADER = re.compile(r"^\s*#\s*mnasdsl-kit\s+([A-Za-z_][A-Za-z0-9_]*):[ \t]?(.*?)\s*$")
 # Content is anchored at the start of the line or after whitespace, so `INFO: `, logcat's
 # `01-02 03:04:05.678  123  123 I tflite  : ` and similar prefixes all pass.
 _GRAPH = re.compile(r"(?:^|\s)Graph: \[(.*)\]\s*$")
@@ -682,13 +874,27 @@ def import_logs(logdir: str | Path, manifest_path: str | Path | None = None, *, 
     if not files:
         raise MnasError(f"no benchmark_model logs (*{', *'.join(LOG_SUFFIXES)}) in this directory", path=str(root))
     report = ImportReport(logs=len(files))
+    if manifest.version < 2:
+        # Format 1 named files by position only (op_0000.tflite in every kit): nothing in a log tells
+        # whose it is, so only the kit's own logs/ folder, beside its manifest, is trusted.
+        if mpath.resolve() != (root.resolve().parent / "manifest.json").resolve():
+            raise MnasError(f"this kit was written by an older mnasdsl (format {manifest.version}), whose file names "
+                            f"do not identify the kit: logs can be imported against it only from its own logs/ "
+                            f"folder, not from {root}; re-export the kit (profile --export-ops) to check any logs "
+                            "against it", path=str(mpath))
+        report.warnings.append(f"{mpath} is a format-{manifest.version} kit (file names without a content hash): "
+                               "its logs are taken as its own, unchecked (kits exported now check every log)")
     chosen: dict[str, tuple[float, Path, BenchLog]] = {}
     for p in files:
         lg = _read_log(p)
         name = PurePosixPath(lg.graph).name
         if name not in by_file:
-            raise _err(str(p), f"graph {lg.graph} is not in the kit manifest {mpath} (a log of another kit?)",
-                       lg.graph_line)
+            raise _err(str(p), f"graph {lg.graph} is not in the kit manifest {mpath}: a log of another kit, or of "
+                       "an earlier export of this one (a file name ends in the first 8 hex digits of its model's "
+                       "sha256)", lg.graph_line)
+        if lg.sha256 is not None and lg.sha256 != by_file[name].sha256:
+            raise _err(str(p), f"this log timed a model with sha256 {lg.sha256[:16]}..., but {name} in {mpath} has "
+                       f"sha256 {by_file[name].sha256[:16]}...: a log of another kit", lg.graph_line)
         mtime = p.stat().st_mtime
         if name in chosen:
             old_t, old_p, _ = chosen[name]
