@@ -86,8 +86,15 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def _through_links(path: str | Path) -> Path:
+    """Where a write to ``path`` lands: a symbolic link is written through (the file it points to is
+    replaced and the link kept), as ``open(path, "w")`` would, not replaced by a plain file."""
     p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    p = _through_links(path)
     tmp = _stage_file(p, data)
     try:
         os.replace(tmp, p)
@@ -101,25 +108,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 @contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty directory beside ``target`` to fill; when the block ends normally it replaces
-    ``target`` (an existing one is moved aside first and removed after), otherwise it is deleted."""
+    ``target`` (an existing one is moved aside first and removed after), otherwise it is deleted.
+
+    A ``target`` reached through a symbolic link is written where the link points: the directory
+    there is replaced and the link kept, as writing a file through a link would. (Renaming over the
+    link itself would swap the link for a directory, leave the old contents behind at its
+    destination, and the moved-aside link could not be removed as a directory.)"""
     target = Path(target).absolute()
+    real = Path(os.path.realpath(target))  # staged beside the real directory: the same file system
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent))
     except OSError as e:
         raise MnasError(f"{target}: cannot write: {e.strerror or e}") from None
     try:
         yield tmp
         # Set only once filled: the mode of a read-only directory being replaced would stop the filling.
         # The setgid bit a shared parent gave the new directory stays, as it would with mkdir.
-        os.chmod(tmp, _mode_for(target, directory=True) | (os.stat(tmp).st_mode & stat.S_ISGID))
+        os.chmod(tmp, _mode_for(real, directory=True) | (os.stat(tmp).st_mode & stat.S_ISGID))
         old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
+        if os.path.lexists(real):
+            old = real.parent / f".{real.name}.old-{os.getpid()}"
+            os.replace(real, old)
+        os.replace(tmp, real)
         if old is not None:
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
@@ -140,7 +153,7 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
     staged: list[tuple[Path, str]] = []
     try:
         for path, data in files.items():
-            p = Path(path)
+            p = _through_links(path)
             staged.append((p, _stage_file(p, data)))
         _commit(staged)
     finally:

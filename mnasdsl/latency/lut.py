@@ -130,9 +130,19 @@ def _extras(layer: Layer) -> str:
     return out
 
 
+# The numbers in a key, one strict pattern for every reader (tables, kit manifests, ProxylessNAS keys).
+# NUMBER takes what `_num` writes for any finite value >= 0 below 1e100, and only strings that float()
+# reads as a finite number: at most 16 + 16 mantissa digits, and an exponent of two digits upwards
+# (three downwards), so `1..2` or `1e999` is no signature rather than a crash or an infinity later.
+# INT: at most 9 digits, far above any tensor size, and every feature computed from them stays finite.
+NUMBER = r"[0-9]{1,16}(?:\.[0-9]{1,16})?(?:[eE](?:-[0-9]{1,3}|\+?[0-9]{1,2}))?"
+INT = r"[0-9]{1,9}"
 _OPS_RE = "|".join((*OP_NAMES, "fc"))  # the registered ops and the classifier
-_KEY = re.compile(r"^(" + _OPS_RE + r")-i\d+x\d+x\d+-o\d+x\d+x\d+-k\d+-s\d+(x\d+)?-e[0-9.e+-]+-se[0-9.e+-]+"
-                  r"-skip:(none|identity|pool)-act:[a-z0-9_]+(-mid:\d+)?(-se:[a-z]+:[a-z0-9]+:\d+)?$")
+_KEY = re.compile(
+    rf"^(?P<op>{_OPS_RE})-i(?P<hi>{INT})x(?P<wi>{INT})x(?P<ci>{INT})-o(?P<ho>{INT})x(?P<wo>{INT})x(?P<co>{INT})"
+    rf"-k(?P<k>{INT})-s(?P<sh>{INT})(?:x(?P<sw>{INT}))?-e(?P<e>{NUMBER})-se(?P<ratio>{NUMBER})"
+    rf"-skip:(?P<skip>none|identity|pool)-act:(?P<act>[a-z0-9_]+)(?:-mid:(?P<mid>{INT}))?"
+    rf"(?:-se:(?P<gate>[a-z]+):(?P<se_act>[a-z0-9]+):(?P<se>{INT}))?$")
 
 
 def key_variants(layer: Layer, act_equivalent: tuple[tuple[str, ...], ...]) -> list[str]:
@@ -264,11 +274,11 @@ def parse_lut(text: str, path: str = "<lut>") -> Lut:
 
 # -- importing ProxylessNAS tables ------------------------------------------------------------
 
-_PX_SHAPE = r"(\d+)x(\d+)x(\d+)"
-_PX_MB = re.compile(rf"^expanded_conv-input:{_PX_SHAPE}-output:{_PX_SHAPE}-expand:(\d+(?:\.\d+)?)-kernel:(\d+)"
-                    r"-stride:(\d+)-idskip:([01])$")
+_PX_SHAPE = rf"({INT})x({INT})x({INT})"
+_PX_MB = re.compile(rf"^expanded_conv-input:{_PX_SHAPE}-output:{_PX_SHAPE}-expand:({NUMBER})-kernel:({INT})"
+                    rf"-stride:({INT})-idskip:([01])$")
 _PX_CONV = re.compile(rf"^(Conv|Conv_1)-input:{_PX_SHAPE}-output:{_PX_SHAPE}$")
-_PX_LOGITS = re.compile(rf"^Logits-input:{_PX_SHAPE}-output:(\d+)$")
+_PX_LOGITS = re.compile(rf"^Logits-input:{_PX_SHAPE}-output:({INT})$")
 
 
 def _positive(key: str, *values: float) -> None:
@@ -308,19 +318,18 @@ def _px_layer(key: str, act: str) -> Layer:
 
 def layer_for_key(key: str) -> Layer:
     """Rebuild a representative Layer from a canonical key (for fitting on table entries)."""
-    m = re.match(r"^(" + _OPS_RE + r")-i(\d+)x(\d+)x(\d+)-o(\d+)x(\d+)x(\d+)-k(\d+)-s(\d+)(?:x(\d+))?-e([^-]+)"
-                 r"-se([^-]+)-skip:(\w+)-act:(\w+)(?:-mid:(\d+))?(?:-se:([a-z]+):([a-z0-9]+):(\d+))?$", key)
+    m = _KEY.match(key)
     if not m:
         raise MnasError(f"{key!r} is not a canonical op signature")
-    op = m.group(1)
-    i = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
-    o = (int(m.group(5)), int(m.group(6)), int(m.group(7)))
-    k, sh = int(m.group(8)), int(m.group(9))
-    sw = int(m.group(10)) if m.group(10) else sh
-    e, ratio, skip, act = float(m.group(11)), float(m.group(12)), m.group(13), m.group(14)
-    mid = i[2] if op == "fc" else int(m.group(15)) if m.group(15) else OPS[op].mid(i[2], o[2], e, None, 1)
-    se = int(m.group(18)) if m.group(18) else se_channels(i[2], ratio)
-    gate, se_act = (m.group(16), m.group(17)) if m.group(16) else ("sigmoid", "relu")
+    op = m["op"]
+    i = (int(m["hi"]), int(m["wi"]), int(m["ci"]))
+    o = (int(m["ho"]), int(m["wo"]), int(m["co"]))
+    k, sh = int(m["k"]), int(m["sh"])
+    sw = int(m["sw"]) if m["sw"] else sh
+    e, ratio, skip, act = float(m["e"]), float(m["ratio"]), m["skip"], m["act"]
+    mid = i[2] if op == "fc" else int(m["mid"]) if m["mid"] else OPS[op].mid(i[2], o[2], e, None, 1)
+    se = int(m["se"]) if m["se"] else se_channels(i[2], ratio)
+    gate, se_act = (m["gate"], m["se_act"]) if m["gate"] else ("sigmoid", "relu")
     kind = "classifier" if op == "fc" else "block"
     return Layer(kind, kind, "fc" if op == "fc" else op, -1, 0, i, o, k, (sh, sw), e, mid, ratio, se,  # type: ignore[arg-type]
                  skip, skip == "pool" and i[2] != o[2], act, gate, se_act)  # type: ignore[arg-type]

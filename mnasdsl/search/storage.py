@@ -1,5 +1,11 @@
 """Trial storage: one SQLite database per search, in WAL mode.
 
+A database is mnasdsl's only if it carries mnasdsl's marker: ``PRAGMA application_id`` set to
+APPLICATION_ID and a ``format`` row in ``meta``, both written in the transaction that creates the
+schema. Any other non-empty file (another program's SQLite database, whatever its tables) is refused
+before anything is written to it. Databases of earlier mnasdsl versions (no application id) are
+recognized by their schema, which is exactly this one, and get the marker on first open.
+
 Every completed trial is committed on its own, so a kill -9 loses at most the trials still in
 flight. Controller state is saved in the same transaction that proposes a round (phase
 ``proposed``) and again, once it has observed the round's results (phase ``observed``), in the
@@ -16,11 +22,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..diagnostics import MnasError
 
 SCHEMA_VERSION = 1
+APPLICATION_ID = int.from_bytes(b"MNAS", "big")  # 0x4D4E4153, in the SQLite file header
+FORMAT = "mnasdsl-search"  # the `format` row in `meta`: the marker a person reading the file sees
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,10 +121,45 @@ def _trial(row: tuple[Any, ...], path: Path | str = "search database") -> Trial:
     return Trial(*r)
 
 
+def _statements(script: str) -> list[str]:
+    return [st for st in script.split(";") if st.strip()]
+
+
+def _schema_objects(db: sqlite3.Connection) -> set[tuple[str, str, str | None]]:
+    """Tables and indexes of a database as SQLite recorded them (its own ANALYZE tables aside)."""
+    return set(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'"))
+
+
+def _our_schema() -> set[tuple[str, str, str | None]]:
+    """What ``_SCHEMA`` leaves in sqlite_master, statement text included (it never changed across mnasdsl
+    versions, so it identifies a database written by one of them)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for st in _statements(_SCHEMA):
+            db.execute(st)
+        return _schema_objects(db)
+    finally:
+        db.close()
+
+
+_OURS = _our_schema()
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class Store:
     def __init__(self, path: str | Path, *, create: bool, read_only: bool = False) -> None:
         """``read_only`` (reports): opened with SQLite's ``mode=ro`` and no journal pragma, so
-        reading a database never converts, checkpoints or otherwise writes it."""
+        reading a database never converts, checkpoints or otherwise writes it.
+
+        Nothing is written before the file is known to be mnasdsl's (or empty, with ``create``): the
+        journal mode is switched only after that."""
         self.path = Path(path)
         if not create and not self.path.exists():
             raise MnasError(f"{self.path}: no such search database")
@@ -125,19 +168,81 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise MnasError(f"{self.path}: cannot create directory: {e.strerror or e}") from None
+        self._sniff()
         try:
             if read_only and not create:
                 self.db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=30,
                                           isolation_level=None)
             else:
                 self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-            if create:
-                self.db.executescript(_SCHEMA)
-            self._check()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # sqlite's message may quote damaged bytes
             raise MnasError(f"{self.path}: not a usable mnasdsl search database ({e})") from None
+        try:
+            self._claim(create and not read_only, upgrade=not read_only)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self._check()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            self.db.close()
+            raise MnasError(f"{self.path}: not a usable mnasdsl search database ({e})") from None
+        except BaseException:
+            self.db.close()  # a refused file: closing removes the -wal/-shm that reading a WAL database made
+            raise
+
+    def _sniff(self) -> None:
+        """Refuse a non-empty file that is not SQLite at all, before SQLite opens it."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError:
+            return  # missing (created next), or a directory: SQLite's own error names it
+        if head and head != _SQLITE_MAGIC:
+            raise self._foreign("not a SQLite file")
+
+    def _identify(self) -> Literal["ours", "legacy", "empty"]:
+        """``ours``, ``legacy`` (an earlier mnasdsl's, without the marker) or ``empty`` (a 0-byte file);
+        anything else is refused, by reading alone."""
+        app = int(self.db.execute("PRAGMA application_id").fetchone()[0])
+        objects = _schema_objects(self.db)
+        if app == APPLICATION_ID:
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            except sqlite3.OperationalError:  # no meta table, or not one of key and value
+                row = None
+            if row is not None and row[0] == json.dumps(FORMAT):
+                return "ours"
+            raise self._foreign(f"it has mnasdsl's application id {APPLICATION_ID:#x} but no `format` row "
+                                f"{FORMAT!r} in a `meta` table")
+        if app != 0:
+            raise self._foreign(f"SQLite application id {app:#x}, not mnasdsl's {APPLICATION_ID:#x}")
+        if not objects and not _size(self.path):  # 0 bytes (None: SQLite has not created it yet)
+            return "empty"
+        if objects == _OURS and self.get_meta("schema_version") in (None, SCHEMA_VERSION):
+            return "legacy"
+        raise self._foreign("no mnasdsl marker, and its tables are not those of an earlier mnasdsl's search"
+                             if objects else "a SQLite database without tables or mnasdsl's marker")
+
+    def _foreign(self, why: str) -> MnasError:
+        return MnasError(f"{self.path}: not an mnasdsl search database ({why}); it was left untouched: "
+                         "a search needs a file of its own (a new path, or one it wrote)")
+
+    def _claim(self, create: bool, *, upgrade: bool) -> None:
+        """Refuse a file that is not mnasdsl's; with ``create``, give an empty one the schema and the
+        marker, and (``upgrade``) mark an earlier mnasdsl's database, each in one transaction."""
+        state = self._identify()
+        if state == "ours" or (state == "legacy" and not upgrade):
+            return
+        if state == "empty" and not create:
+            raise self._foreign("an empty file")
+        with self.tx():  # again under the write lock: another process may have created it meanwhile
+            state = self._identify()
+            if state == "empty":
+                for st in _statements(_SCHEMA):
+                    self.db.execute(st)
+            if state in ("empty", "legacy"):
+                self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (json.dumps(FORMAT),))
 
     def _check(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -169,10 +274,12 @@ class Store:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
 
     def reset(self) -> None:
-        """Forget the search (trials, controller states, metadata) in one transaction, keeping the file."""
+        """Forget the search (trials, controller states, metadata) in one transaction, keeping the file
+        and its marker."""
         with self.tx():
-            for table in ("trials", "controller", "meta"):
+            for table in ("trials", "controller"):
                 self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("DELETE FROM meta WHERE key != 'format'")
 
     # -- transactions --------------------------------------------------------------------------
     def tx(self) -> _Tx:
