@@ -90,7 +90,7 @@ PARSERS = dict(subcommands(build_parser()))
 # those that compile, train or time something when their arguments are valid.
 LIGHT = ("check", "fmt", "show", "cost", "schema", "sample", "latency", "lut import", "lut fit", "lut check",
          "report", "import", "import-arch", "search", "eval", "predict")
-HEAVY = ("compile", "train", "eval", "predict", "profile")
+HEAVY = ("compile", "train", "eval", "predict", "profile", "fidelity")
 # Options of light commands that start heavy work: never drawn by the light test (`eval` and `predict` are
 # light on an exported model, which runs in LiteRT or ONNX Runtime: no --ckpt, which would compile).
 LIGHT_OMIT = {("latency", "measure"), ("lut check", "measure"), ("lut check", "save"), ("report", "plot"),
@@ -766,7 +766,7 @@ class Case:
             return [self.spec()]
         if dest in words:
             return [self.pick(words[dest])]
-        if cmd in ("sample", "search", "profile") and dest == "file":
+        if cmd in ("sample", "search", "profile", "fidelity") and dest == "file":
             return [self.spec("space" if cmd != "profile" or self.chance(50) else "any")]
         if dest in ("file", "spec"):
             if cmd == "lut import":
@@ -1121,7 +1121,7 @@ def resume_search(case: Case) -> list[str]:
 KILLERS = ("unknown", "typed", "choice", "spec")
 SPEC_POSITIONAL = {"compile": "file", "train": "file", "eval": "file", "predict": "file", "profile": "file",
                    "latency": "file", "search": "file", "report": "db", "sample": "file", "show": "file",
-                   "cost": "file"}
+                   "cost": "file", "fidelity": "file"}
 BAD_TYPED = {"positive_int": ["0", "-1", "abc", "nan", "1.5", ""], "seed_arg": ["-1", "x", "1.5"],
              "positive_float": ["0", "-1", "nan", "inf", "abc", ""], "float": ["abc", "", "1,5"],
              "int": ["abc", "1.5", ""], "_bn_momentum": ["1", "2", "0", "nan"],
@@ -1226,6 +1226,11 @@ def _template(case: Case, name: str) -> list[str]:
                 "zero-cost", "--resolution", "8", "--batch", "2", "--data", "synthetic:8"]
     if name == "report --plot":
         return ["report", case.db(), "--plot", case.output()]
+    if name == "fidelity":
+        return ["fidelity", space, "--evaluator", case.pick(["latency-only", "zero-cost"]), "--sample", "3",
+                "--reference-epochs", "1", "--epochs", "1", "--resolution", "8", "--batch", "4", "--data",
+                "synthetic:8", "--db", case.output(), *case.pick([[], ["--json"], ["--no-repeat"],
+                                                                  ["--plot", case.output() + ".png"]])]
     if name == "import --weights":
         return ["import", "timm", "semnasnet_100", "--width", "0.1", "--classes", "10", "--resolution", "37x27",
                 "--weights", case.weights(), "-o", case.output(directory=True)]
@@ -1233,7 +1238,7 @@ def _template(case: Case, name: str) -> list[str]:
 
 
 VALID_TEMPLATES = ("compile", "train", "eval", "predict", "profile", "latency --measure", "lut check --measure",
-                   "search ppo", "search zero-cost", "report --plot", "import --weights")
+                   "search ppo", "search zero-cost", "report --plot", "import --weights", "fidelity")
 
 
 @pytest.mark.parametrize("template", VALID_TEMPLATES)
