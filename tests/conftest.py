@@ -11,6 +11,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# A small space with every kind of decision (op, repeats, kernel, width, SE, skip) for quick searches.
+TINY_SPACE = """\
+space tinyspace:
+  input 32x32x3
+  classes 10
+  stem cv_k3_s22_o8
+  blocks
+    {ds,mb_e3}_r1{+0,+1}_k{3,5}_s22_o8x{0.75,1}_se{0,0.25}_{id,noskip}
+    {cv,mb_e6}_r1_k3_s11_o16_{pool,id}
+  head cv_k1_o32 fixed
+"""
 
 
 @pytest.fixture

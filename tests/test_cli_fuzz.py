@@ -53,7 +53,7 @@ from hypothesis import strategies as st
 
 from mnasdsl.cli.main import build_parser, main
 
-from .conftest import ROOT, SPECS
+from .conftest import ROOT, SPECS, TINY_SPACE
 
 # -- profiles ---------------------------------------------------------------------------------------------
 
@@ -107,16 +107,6 @@ network tiny:
   blocks
     r1_k3_s11_e1_i8_o8
     r1_k3_s22_e3_i8_o16_se0.25
-  head cv_k1_o32 fixed
-"""
-TINY_SPACE = """\
-space tinyspace:
-  input 32x32x3
-  classes 10
-  stem cv_k3_s22_o8
-  blocks
-    {ds,mb_e3}_r1{+0,+1}_k{3,5}_s22_o8x{0.75,1}_se{0,0.25}_{id,noskip}
-    {cv,mb_e6}_r1_k3_s11_o16_{pool,id}
   head cv_k1_o32 fixed
 """
 SPEC_TEXTS: dict[str, str] = {

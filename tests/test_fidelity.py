@@ -20,20 +20,9 @@ from mnasdsl.parser import parse_units
 from mnasdsl.search import fidelity as fd
 from mnasdsl.space import Space
 
-from .conftest import run_cli
+from .conftest import TINY_SPACE, run_cli
 
 pytestmark = pytest.mark.usefixtures("no_user_compile_cache")
-
-TINY_SPACE = """\
-space tinyspace:
-  input 32x32x3
-  classes 10
-  stem cv_k3_s22_o8
-  blocks
-    {ds,mb_e3}_r1{+0,+1}_k{3,5}_s22_o8x{0.75,1}_se{0,0.25}_{id,noskip}
-    {cv,mb_e6}_r1_k3_s11_o16_{pool,id}
-  head cv_k1_o32 fixed
-"""
 
 
 def _kendall_tau_b(x: list[float], y: list[float]) -> float:
