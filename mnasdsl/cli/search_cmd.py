@@ -65,6 +65,9 @@ def register(sub: Any) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto or host:port)")
     p.add_argument("--seed", type=seed_arg, default=0, metavar="S",
                    help="controller and evaluator seed (>= 0; default 0): the same seed repeats the search")
+    p.add_argument("--constrain", action="store_true",
+                   help="reject proposals whose estimated latency exceeds --target-ms before evaluating them "
+                        "(the controller proposes again, up to 100 times per trial); the count is reported")
     p.add_argument("--resume", action="store_true", help="continue the search in --db")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_search)
@@ -125,6 +128,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.beta is not None and args.reward:
         raise UsageError("--reward cannot be combined with --alpha/--beta")
     alpha, beta = (args.alpha, args.beta) if args.alpha is not None else (HARD if args.reward == "hard" else SOFT)
+    if args.constrain and args.measure:
+        raise UsageError("--constrain rejects proposals by their estimated latency before evaluating them; "
+                         "it needs a latency table (--device or --lut), not --measure")
     if args.measure not in (None, "xla", "litert"):
         raise UsageError(f"unknown --measure runtime {args.measure!r} (expected xla or litert)")
     spec = select(parse_units(read_source(args.file), args.file), args.space, args.file, "space")
@@ -147,7 +153,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = SearchConfig(trials=args.trials, target_ms=args.target_ms, algo=args.algo, alpha=alpha, beta=beta,
                        population=args.population, tournament=args.tournament, round_size=args.round_size,
                        seed=args.seed, latency=latency, device=args.device or "pixel1", lut=args.lut,
-                       evaluator=ev, executor=args.executor, workers=args.workers, address=args.address)
+                       evaluator=ev, executor=args.executor, workers=args.workers, address=args.address,
+                       constrain=args.constrain)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.perf_counter()
@@ -174,12 +181,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"db": args.db, "trials": summary.trials, "done": summary.done, "failed": summary.failed,
                     "best": summary.best, "first_error": summary.first_error, "seconds": summary.seconds,
-                    "trials_per_s": summary.trials_per_s, "accuracy_is": label or "measured"})
+                    "trials_per_s": summary.trials_per_s, "accuracy_is": label or "measured"}
+                   | ({"rejected_over_target": summary.rejected, "evaluated_over_target": summary.over_target}
+                      if args.constrain else {}))
     else:
         con = stdout_console()
         con.print(f"{summary.trials} trials ({summary.done} done, {summary.failed} failed) in "
                   f"{summary.seconds:.1f}s, {_rate(summary.trials_per_s)} trials/s"
                   + (f"; accuracy is an {label}" if label else ""), markup=False)
+        if args.constrain:
+            con.print(f"--constrain: {summary.rejected} proposals over {args.target_ms:g} ms (estimated) were "
+                      f"rejected before evaluation"
+                      + (f"; {summary.over_target} trials stayed over it after 100 resamples each"
+                         if summary.over_target else ""), markup=False)
         if summary.best:
             b = summary.best
             con.print(f"best reward {b['reward']:.4f}: acc {b['acc']:.4f}, latency {b['latency_ms']:.2f} ms "

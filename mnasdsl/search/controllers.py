@@ -50,6 +50,10 @@ class Controller(ABC):
     def observe(self, vectors: Sequence[Vector], rewards: Sequence[float | None]) -> None:  # noqa: B027
         """Feed results back (``None`` rewards are failed trials); stateless controllers ignore them."""
 
+    def discard(self, vectors: Sequence[Vector]) -> None:  # noqa: B027
+        """Forget proposals that were rejected before evaluation (``search --constrain``): they are
+        neither observed nor counted, as if the controller had proposed the replacements first."""
+
     def state(self) -> bytes:
         return json.dumps({"rng": _rng_state(self.rng)}).encode()
 
@@ -93,6 +97,9 @@ class EvolutionController(Controller):
                 out.append(self.space.mutate_indices(parent, self.rng))
             self.proposed += 1
         return out
+
+    def discard(self, vectors: Sequence[Vector]) -> None:
+        self.proposed -= len(vectors)  # a rejected seed is replaced by another random one, not by a child
 
     def observe(self, vectors: Sequence[Vector], rewards: Sequence[float | None]) -> None:
         for v, r in zip(vectors, rewards):
@@ -155,6 +162,10 @@ class PPOController(Controller):
             self._logp[tuple(v)] = float(lp)
             out.append(v)
         return out
+
+    def discard(self, vectors: Sequence[Vector]) -> None:
+        for v in vectors:
+            self._logp.pop(tuple(int(x) for x in v), None)
 
     def observe(self, vectors: Sequence[Vector], rewards: Sequence[float | None]) -> None:
         vs = [list(v) for v in vectors]

@@ -12,6 +12,7 @@ lost with the kill is recomputed from the committed results and the proposing st
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -57,6 +58,9 @@ class SearchConfig:
     workers: int = 1
     address: str | None = None
     ppo: dict[str, Any] = field(default_factory=dict)
+    # Reject proposals whose estimated latency exceeds target_ms before evaluating them (OFA's
+    # evolution does so): resampled up to CONSTRAIN_TRIES times per trial, then evaluated anyway.
+    constrain: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue the same search."""
@@ -67,7 +71,7 @@ class SearchConfig:
         return {"algo": self.algo, "alpha": self.alpha, "beta": self.beta, "target_ms": self.target_ms,
                 "population": self.population, "tournament": self.tournament, "round_size": self.rounds(),
                 "seed": self.seed, "latency": self.latency, "device": self.device, "lut": self.lut,
-                "evaluator": ev, "ppo": self.ppo}
+                "evaluator": ev, "ppo": self.ppo, **({"constrain": True} if self.constrain else {})}
 
     def rounds(self) -> int:
         if self.round_size:
@@ -84,6 +88,11 @@ class Summary:
     seconds: float
     trials_per_s: float
     first_error: dict[str, Any] | None = None  # {"id", "spec", "error"} of the first failed trial in the database
+    rejected: int = 0  # --constrain: proposals over the target dropped before evaluation
+    over_target: int = 0  # --constrain: trials still over the target after CONSTRAIN_TRIES resamples
+
+
+CONSTRAIN_TRIES = 100
 
 
 Progress = Callable[[int, int, float | None], None]
@@ -195,6 +204,11 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
     controller = make_controller(cfg.algo, space, cfg.seed, population=cfg.population, tournament=cfg.tournament,
                                  **cfg.ppo)
     latency = _Latency(cfg)
+    if cfg.constrain and latency.est is None:
+        raise MnasError("--constrain rejects proposals by their estimated latency before evaluating them; it "
+                        "needs a latency table (--device or --lut), not --measure")
+    rejected, over = (int(store.get_meta("constrain_rejected") or 0), int(store.get_meta("constrain_over") or 0)) \
+        if resume else (0, 0)
     executor = make_executor(cfg.executor, cfg.evaluator, cfg.workers, cfg.address)
     t0 = time.perf_counter()
     start_done = store.completed()
@@ -221,9 +235,16 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
             built: dict[int, tuple[Any, Any]] = {}
             for slot, v in enumerate(vectors):
                 net, low, sig = space.built(v)
+                if cfg.constrain:
+                    (v, net, low, sig), r, o = _within_target(space, controller, latency, cfg.target_ms, v,
+                                                              (net, low, sig))
+                    rejected, over = rejected + r, over + o
                 built[slot] = (net, low)
                 rows.append((v, format_ir(net), arch_key(sig)))
             kill("in-propose")
+            if cfg.constrain:  # committed with the round, so a resumed search counts on exactly
+                deferred = [*deferred, *(("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+                                         for k, v in (("constrain_rejected", rejected), ("constrain_over", over)))]
             trials = store.add_round(rnd, rows, controller.state(), prelude=deferred)
             st.total += len(rows)
             deferred = _finish_round(store, space, controller, executor, latency, cfg, rnd, built, st, kill, trials)
@@ -235,7 +256,24 @@ def _run(space: Space, store: Store, cfg: SearchConfig, resume: bool, existed: b
     counts = store.counts()
     ran = store.completed() - start_done
     return Summary(store.total(), counts.get("done", 0), counts.get("failed", 0), st.best, dt,
-                   ran / dt if dt > 0 else 0.0, _first_error(store))
+                   ran / dt if dt > 0 else 0.0, _first_error(store), rejected, over)
+
+
+def _within_target(space: Space, controller: Controller, latency: _Latency, target_ms: float, v: list[int],
+                   built: tuple[Any, Any, Any]) -> tuple[tuple[list[int], Any, Any, Any], int, int]:
+    """A proposal whose estimated latency is within the target: ``v`` or a replacement the controller
+    proposes instead, at most CONSTRAIN_TRIES times; then the last one, counted as over the target
+    (its reward still penalizes it). Returns it with (rejected, over-target) counts."""
+    net, low, sig = built
+    rejected = 0
+    while (latency(low) or 0.0) > target_ms:
+        if rejected == CONSTRAIN_TRIES:
+            return (v, net, low, sig), rejected, 1
+        controller.discard([v])
+        rejected += 1
+        v = controller.propose(1)[0]
+        net, low, sig = space.built(v)
+    return (v, net, low, sig), rejected, 0
 
 
 @dataclass
@@ -256,10 +294,12 @@ class _State:
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The settings that differ, each with both values (one level into nested ones such as the evaluator)."""
     out = []
-    for k in sorted(new):
-        a, b = old.get(k), new[k]
-        if a == b:
+    missing = object()
+    for k in sorted(set(old) | set(new)):  # a setting only one side has (an option newer than the database)
+        a, b = old.get(k, missing), new.get(k, missing)  # matches when the other side left it off
+        if a == b or a is missing and not b or b is missing and not a:
             continue
+        a, b = (None if a is missing else a), (None if b is missing else b)
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(f"{k}.{sub}: {_short(a.get(sub))} there, {_short(b.get(sub))} now"
                        for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub))
