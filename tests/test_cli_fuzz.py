@@ -90,7 +90,8 @@ PARSERS = dict(subcommands(build_parser()))
 # those that compile, train or time something when their arguments are valid.
 LIGHT = ("check", "fmt", "show", "cost", "schema", "sample", "latency", "lut import", "lut fit", "lut check",
          "report", "import", "import-arch", "search", "eval", "predict")
-HEAVY = ("compile", "train", "eval", "predict", "profile", "fidelity")
+HEAVY = ("compile", "train", "eval", "predict", "profile", "fidelity", "supernet train", "supernet eval",
+         "supernet extract")
 # Options of light commands that start heavy work: never drawn by the light test (`eval` and `predict` are
 # light on an exported model, which runs in LiteRT or ONNX Runtime: no --ckpt, which would compile).
 LIGHT_OMIT = {("latency", "measure"), ("lut check", "measure"), ("lut check", "save"), ("report", "plot"),
@@ -1080,7 +1081,7 @@ def runner(tmp_path: Path, capsys: pytest.CaptureFixture[str], corpus: Corpus,
 def test_every_command_is_fuzzed() -> None:
     """A command added to the CLI must be given a place here (light, or heavy with a template)."""
     assert set(PARSERS) == set(LIGHT) | set(HEAVY), sorted(set(PARSERS) ^ (set(LIGHT) | set(HEAVY)))
-    assert {t.split()[0] for t in VALID_TEMPLATES} >= set(HEAVY)
+    assert {t.split()[0] for t in VALID_TEMPLATES} | set(VALID_TEMPLATES) >= set(HEAVY)
 
 
 @_settings(LIGHT_EXAMPLES)
@@ -1111,7 +1112,8 @@ def resume_search(case: Case) -> list[str]:
 KILLERS = ("unknown", "typed", "choice", "spec")
 SPEC_POSITIONAL = {"compile": "file", "train": "file", "eval": "file", "predict": "file", "profile": "file",
                    "latency": "file", "search": "file", "report": "db", "sample": "file", "show": "file",
-                   "cost": "file", "fidelity": "file"}
+                   "cost": "file", "fidelity": "file", "supernet train": "file", "supernet eval": "files",
+                   "supernet extract": "file"}
 BAD_TYPED = {"positive_int": ["0", "-1", "abc", "nan", "1.5", ""], "seed_arg": ["-1", "x", "1.5"],
              "positive_float": ["0", "-1", "nan", "inf", "abc", ""], "float": ["abc", "", "1,5"],
              "int": ["abc", "1.5", ""], "_bn_momentum": ["1", "2", "0", "nan"],
@@ -1216,6 +1218,22 @@ def _template(case: Case, name: str) -> list[str]:
                 "zero-cost", "--resolution", "8", "--batch", "2", "--data", "synthetic:8"]
     if name == "report --plot":
         return ["report", case.db(), "--plot", case.output()]
+    if name == "supernet train":
+        return ["supernet", "train", space, "--data", "synthetic:8", "--out", case.output(directory=True),
+                *SUPERNET_RUN, *case.pick([[], ["--json"], ["--rule", "sandwich"]])]
+    if name in ("supernet eval", "supernet extract"):
+        import numpy as np
+
+        from mnasdsl.formatter import format as format_ir
+        from mnasdsl.space import space_from_text
+
+        net = space_from_text(TINY_SPACE).sample(np.random.default_rng(case.draw(st.integers(0, 99))))
+        text = format_ir(net)
+        spec = case.write(text.encode() if case.chance(70) else case.mutate(text, tame=True), ".mnas")
+        if name == "supernet eval":
+            return ["supernet", "eval", _supernet(case), spec, *case.pick([[], ["--json"], ["--recal-batches", "1"]])]
+        return ["supernet", "extract", _supernet(case), spec, "-o", case.output(directory=True),
+                *case.pick([[], ["--json"]])]
     if name == "fidelity":
         return ["fidelity", space, "--evaluator", case.pick(["latency-only", "zero-cost"]), "--sample", "3",
                 "--reference-epochs", "1", "--epochs", "1", "--resolution", "8", "--batch", "4", "--data",
@@ -1228,7 +1246,21 @@ def _template(case: Case, name: str) -> list[str]:
 
 
 VALID_TEMPLATES = ("compile", "train", "eval", "predict", "profile", "latency --measure", "lut check --measure",
-                   "search ppo", "search zero-cost", "report --plot", "import --weights", "fidelity")
+                   "search ppo", "search zero-cost", "report --plot", "import --weights", "fidelity", "supernet train",
+                   "supernet eval", "supernet extract")
+SUPERNET_RUN = ("--resolution", "8", "--epochs", "1", "--batch", "4", "--steps-per-epoch", "1", "-q")
+_SUPERNETS: dict[Path, Path] = {}
+
+
+def _supernet(case: Case) -> str:
+    """A trained supernet of TINY_SPACE (trained once per corpus, in-process: the templates' own runs then
+    reuse its executables), copied into the case."""
+    root = case.corpus.root
+    if root not in _SUPERNETS:
+        _run_quiet(["supernet", "train", str(root / "tinyspace.mnas"), "--data", "synthetic:8", "--out",
+                    str(root / "supernet"), *SUPERNET_RUN])
+        _SUPERNETS[root] = root / "supernet"
+    return case.spell(case.copy(_SUPERNETS[root]))
 
 
 @pytest.mark.parametrize("template", VALID_TEMPLATES)

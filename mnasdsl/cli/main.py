@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mnasdsl.cli.compile_cmd",
     "mnasdsl.cli.train_cmd",
     "mnasdsl.cli.search_cmd",
+    "mnasdsl.cli.supernet_cmd",
     "mnasdsl.cli.fidelity_cmd",
     "mnasdsl.cli.interop_cmd",
 )
