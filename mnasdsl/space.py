@@ -128,7 +128,8 @@ class Space:
         return [len(d.choices) for d in self._decisions]
 
     # -- decision vectors <-> networks ----------------------------------------------------------
-    def _split(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
+    def split(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
+        """A decision vector as one tuple of picks per block (in block order)."""
         out, k = [], 0
         for n in self._per_block:
             out.append(tuple(int(i) for i in indices[k:k + n]))
@@ -144,7 +145,7 @@ class Space:
             if not 0 <= i < len(d.choices):
                 raise MnasError(f"decision {d.location} index {i} is out of range 0..{len(d.choices) - 1}")
         blocks = []
-        for bi, picks in enumerate(self._split(idx)):
+        for bi, picks in enumerate(self.split(idx)):
             key = (bi, picks)
             if key not in self._block_cache:
                 sink = DiagnosticSink()
@@ -168,7 +169,7 @@ class Space:
                 return idx
 
     def _nonempty(self, idx: Sequence[int]) -> bool:
-        for bi, picks in enumerate(self._split(idx)):
+        for bi, picks in enumerate(self.split(idx)):
             if int(_merge(self.spec.blocks[bi], picks).get("repeats", 1)) > 0:  # type: ignore[arg-type]
                 return True
         return False

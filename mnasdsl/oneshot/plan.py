@@ -139,7 +139,6 @@ class SharedSpace:
         self.classes = int(classes if classes is not None else spec.classes)
         self._hdr = _header(space) | {"input": self.input, "classes": self.classes}
         self._combos: list[dict[tuple[int, ...], Block | None]] = []
-        self._per_block = [len(sb.choices) for sb in spec.blocks]
         self._block_macs: list[dict[tuple[tuple[int, ...], int], tuple[int, int]]] = []
         self._in_widths: list[frozenset[int]] = []
         self.plan = self._build()
@@ -255,13 +254,6 @@ class SharedSpace:
                     (max(ly.in_shape[2] for ly in pp), max(ly.out_shape[2] for ly in pp)) if pp else None)
 
     # -- decision vectors -------------------------------------------------------------------------------
-    def _split(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
-        out, k = [], 0
-        for n in self._per_block:
-            out.append(tuple(int(i) for i in indices[k:k + n]))
-            k += n
-        return out
-
     def network(self, indices: Sequence[int], name: str | None = None) -> Network:
         """The subnet as a standalone network at the supernet's input size and class count."""
         net = self.space.decode(indices).model_copy(update={"input": self.input, "classes": self.classes})
@@ -354,7 +346,7 @@ class SharedSpace:
         """The subnet's lowered network and, per lowered layer, the slot it occupies (None: stem, head,
         classifier)."""
         low = lower(self.network(indices))
-        present = [bi for bi, picks in enumerate(self._split(indices)) if self._combos[bi][picks] is not None]
+        present = [bi for bi, picks in enumerate(self.space.split(indices)) if self._combos[bi][picks] is not None]
         where = {(s.block, s.repeat): k for k, s in enumerate(self.plan.slots)}
         return low, [where[(present[ly.block], ly.repeat)] if ly.kind == "block" else None for ly in low.layers]
 
